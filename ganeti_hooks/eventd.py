@@ -1,0 +1,444 @@
+"""snf-ganeti-eventd: Ganeti's job queue, watched with inotify, into the outbox.
+
+Ganeti replaces a job file by rename at every change, so the queue directory
+(never the files) is watched for IN_MOVED_TO (a new version) and IN_MOVED_FROM
+(archived into archive/<id // 10000>/). Whatever the event, the daemon reads
+the file as it is *now*, asks `jobqueue.advance` what is new since the last
+report, and stores the messages with that bookkeeping in one outbox
+transaction: a kill at any moment loses nothing and duplicates nothing.
+
+On start, on becoming master and after an inotify overflow it catches up by
+scanning the live queue and the archive above the high-water mark. It produces
+only while ssconf says this node is the master, checked before every batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import pyinotify
+
+from ganeti_hooks import jobqueue
+from snf_watcher import DEFAULT_CONFIG, __version__, config, config_path, logs
+from snf_watcher.messages import split_time
+from snf_watcher.outbox import JobMark, JobRecord, Outbox, OutboxError
+
+log = logging.getLogger("snf-ganeti-eventd")
+
+HWM_INTERVAL = 10.0  # seconds between high-water-mark moves while running
+
+
+# ---------------------------------------------------------------- inotify adapter
+
+
+class _Wakeup(Exception):
+    """Raised by a signal handler to end a wait at once."""
+
+
+@dataclass
+class Changes:
+    job_ids: set[int] = field(default_factory=set)
+    spool: bool = False
+    overflow: bool = False
+    lost_watch: bool = False
+
+
+class DirWatch:
+    """The daemon's only pyinotify code: watch directories for renames in and out."""
+
+    MASK = pyinotify.IN_MOVED_TO | pyinotify.IN_MOVED_FROM
+
+    def __init__(self) -> None:
+        self.wm = pyinotify.WatchManager()
+        self.notifier = pyinotify.Notifier(self.wm, default_proc_fun=self._collect)
+        self.watched: dict[str, int] = {}
+        self._events: list[pyinotify.Event] = []
+        self.waiting = False
+
+    def watch(self, path: str) -> bool:
+        if path in self.watched:
+            return True
+        wd = self.wm.add_watch(path, self.MASK, quiet=True).get(path, -1)
+        if wd < 0:
+            return False
+        self.watched[path] = wd
+        return True
+
+    def _collect(self, event: pyinotify.Event) -> None:
+        self._events.append(event)
+
+    def wait(self, timeout: float) -> list[pyinotify.Event]:
+        """Events that arrived within *timeout* seconds (all that are queued, if any)."""
+        self.waiting = True
+        try:
+            ready = self.notifier.check_events(timeout=int(timeout * 1000))
+        except _Wakeup:
+            ready = False
+        finally:
+            self.waiting = False
+        if ready:
+            self.notifier.read_events()
+            self.notifier.process_events()
+        events, self._events = self._events, []
+        return events
+
+    def close(self) -> None:
+        self.notifier.stop()
+
+
+def classify(events: Iterable[pyinotify.Event], queue_dir: str, spool_dir: str) -> Changes:
+    """Which job ids changed, whether the spool got mail, whether events were lost."""
+    changes = Changes()
+    for ev in events:
+        if ev.mask & pyinotify.IN_Q_OVERFLOW:
+            changes.overflow = True
+        elif ev.mask & pyinotify.IN_IGNORED:
+            changes.lost_watch = True
+        elif ev.path == queue_dir:
+            job_id = jobqueue.job_id_from_name(ev.name or "")
+            if job_id is not None:
+                changes.job_ids.add(job_id)
+        elif ev.path == spool_dir and ev.mask & pyinotify.IN_MOVED_TO:
+            changes.spool = True
+    return changes
+
+
+# ---------------------------------------------------------------- queue files
+
+
+def scan_queue(queue_dir: str, above: int, archive: bool = True) -> list[int]:
+    """Ids above *above* of every job file in the live queue and the archive dirs that can hold them."""
+    ids = set()
+    with os.scandir(queue_dir) as entries:
+        for entry in entries:
+            job_id = jobqueue.job_id_from_name(entry.name)
+            if job_id is not None and job_id > above:
+                ids.add(job_id)
+    if archive:
+        first_dir = above // jobqueue.JOBS_PER_ARCHIVE_DIR
+        try:
+            subdirs = [d for d in os.listdir(os.path.join(queue_dir, "archive")) if d.isdigit()]
+        except FileNotFoundError:
+            subdirs = []
+        for sub in subdirs:
+            if int(sub) < first_dir:
+                continue
+            with os.scandir(os.path.join(queue_dir, "archive", sub)) as entries:
+                for entry in entries:
+                    job_id = jobqueue.job_id_from_name(entry.name)
+                    if job_id is not None and job_id > above:
+                        ids.add(job_id)
+    return sorted(ids)
+
+
+def read_job_file(queue_dir: str, job_id: int) -> tuple[bytes, float]:
+    """The job file's bytes and mtime, from the live queue or else the archive."""
+    name = f"job-{job_id}"
+    for path in (
+        os.path.join(queue_dir, name),
+        os.path.join(queue_dir, "archive", jobqueue.archive_subdir(job_id), name),
+    ):
+        try:
+            with open(path, "rb") as f:
+                mtime = os.fstat(f.fileno()).st_mtime
+                return f.read(jobqueue.MAX_JOB_FILE + 1), mtime
+        except FileNotFoundError:
+            continue
+    raise FileNotFoundError(f"{name} is neither in the queue nor in the archive")
+
+
+def initial_hwm(queue_dir: str) -> int:
+    """For a new outbox: report the live jobs; the archive before them is history."""
+    live = scan_queue(queue_dir, -1, archive=False)
+    if live:
+        return live[0] - 1
+    try:
+        with open(os.path.join(queue_dir, "serial")) as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def read_ssconf(ssconf_dir: str, key: str) -> str | None:
+    try:
+        with open(os.path.join(ssconf_dir, f"ssconf_{key}")) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------- the daemon
+
+
+class EventDaemon:
+    def __init__(self, cfg: config.Config, outbox: Outbox, watch: DirWatch) -> None:
+        self.cfg = cfg
+        self.queue_dir = os.path.abspath(cfg.ganeti.queue_dir)
+        self.spool_dir = os.path.abspath(cfg.outbox.spool_dir)
+        self.node_name = cfg.ganeti.node_name or socket.getfqdn()
+        self.outbox = outbox
+        self.watch = watch
+        self.stop = False
+        self.reload = False
+        self.master = False
+        self.cluster: str | None = None
+        self.need_catch_up = True
+        hwm = outbox.high_water_mark()
+        self.hwm = hwm if hwm is not None else -1
+        self.fresh = hwm is None
+        self.marks: dict[int, JobMark] = outbox.job_marks()
+        self.logged_problems: set[tuple[int, str]] = set()
+        self.last_hwm_move = 0.0
+        self.queue_missing_logged = False
+
+    # -------------------------------------------------------- master
+
+    def check_master(self) -> bool:
+        master = read_ssconf(self.cfg.ganeti.ssconf_dir, "master_node")
+        is_master = master == self.node_name
+        if is_master != self.master:
+            if is_master:
+                self.cluster = read_ssconf(self.cfg.ganeti.ssconf_dir, "cluster_name")
+                log.info("this node (%s) is the master of %s: producing events", self.node_name, self.cluster)
+                self.need_catch_up = True
+            else:
+                log.info("this node (%s) is not the master (%s is): not producing", self.node_name, master)
+        self.master = is_master
+        return is_master
+
+    # -------------------------------------------------------- job files
+
+    def examine(self, job_id: int, counters: dict[str, int]) -> JobRecord | None:
+        """What one job file adds to the outbox now, or None."""
+        if job_id <= self.hwm:
+            return None
+        mark = self.marks.get(job_id)
+        if mark is not None and mark.finished:
+            return None
+        try:
+            data, mtime = read_job_file(self.queue_dir, job_id)
+        except FileNotFoundError:
+            self._problem(job_id, "vanished before it could be read", counters, "vanished_job_files")
+            return None
+        except OSError as e:
+            return self._unreadable(job_id, mark, f"cannot read: {e.strerror}", time.time(), counters)
+        try:
+            job = jobqueue.parse_job(data)
+        except jobqueue.JobParseError as e:
+            return self._unreadable(job_id, mark, str(e), mtime, counters)
+        if job.id != job_id:
+            return self._unreadable(job_id, mark, f"file holds job {job.id}", mtime, counters)
+        progress = jobqueue.advance(job, mark.reported if mark else None, self.cluster, split_time(mtime))
+        new_mark = JobMark(
+            reported=progress.reported,
+            finished=job.finished,
+            received=jobqueue.ts_seconds(job.received_timestamp) or mtime,
+        )
+        if new_mark == mark and not progress.refreshed:
+            return None
+        return JobRecord(job_id, new_mark, progress.new, progress.refreshed)
+
+    def _unreadable(
+        self, job_id: int, mark: JobMark | None, reason: str, when: float, counters: dict[str, int]
+    ) -> JobRecord | None:
+        """Remember a bad file (so the high-water mark can pass it in time) and skip it."""
+        self._problem(job_id, reason, counters, "bad_job_files")
+        bad = JobMark(reported=mark.reported if mark else (), finished=False, received=when, error=reason)
+        return JobRecord(job_id, bad, [], []) if bad != mark else None
+
+    def _problem(self, job_id: int, reason: str, counters: dict[str, int], counter: str) -> None:
+        """Log a job file problem once per daemon run, and count it."""
+        if (job_id, reason) in self.logged_problems:
+            return
+        self.logged_problems.add((job_id, reason))
+        counters[counter] = counters.get(counter, 0) + 1
+        log.warning("job-%d skipped: %s", job_id, reason)
+
+    def process(self, job_ids: Iterable[int]) -> int:
+        """Examine job files and store what is new, in transactions of batch_size files."""
+        added = 0
+        ids = [i for i in job_ids if i > self.hwm]
+        size = max(1, self.cfg.eventd.batch_size)
+        for start in range(0, len(ids), size):
+            if self.stop or not self.check_master():
+                break
+            counters: dict[str, int] = {}
+            records = [r for r in (self.examine(i, counters) for i in ids[start : start + size]) if r]
+            if records or counters:
+                added += self.outbox.store_jobs(records, counters)
+                for rec in records:
+                    self.marks[rec.job_id] = rec.mark
+        return added
+
+    def catch_up(self) -> None:
+        t0 = time.monotonic()
+        if self.fresh:
+            self.hwm = initial_hwm(self.queue_dir)
+            self.outbox.set_high_water_mark(self.hwm)
+            self.fresh = False
+            log.info("new outbox: reporting jobs after %d (older ones are history)", self.hwm)
+        ids = scan_queue(self.queue_dir, self.hwm)
+        todo = [i for i in ids if not (i in self.marks and self.marks[i].finished)]
+        added = self.process(todo)
+        self.move_hwm()
+        log.info(
+            "caught up: %d job files above %d, %d read, %d messages added in %.2fs",
+            len(ids),
+            self.hwm,
+            len(todo),
+            added,
+            time.monotonic() - t0,
+        )
+
+    def move_hwm(self) -> None:
+        now = time.time()
+        hwm = jobqueue.advance_hwm(self.hwm, self.marks, now, self.cfg.eventd.gap_grace)
+        self.last_hwm_move = time.monotonic()
+        if hwm != self.hwm:
+            self.outbox.set_high_water_mark(hwm)
+            self.hwm = hwm
+            self.marks = {k: v for k, v in self.marks.items() if k > hwm}
+
+    def ingest_spool(self) -> None:
+        added = self.outbox.ingest_spool(self.spool_dir)
+        if added:
+            log.debug("%d hook/progress messages moved from the spool", added)
+
+    # -------------------------------------------------------- loop
+
+    def setup_watches(self) -> None:
+        os.makedirs(self.spool_dir, mode=0o700, exist_ok=True)
+        if not self.watch.watch(self.spool_dir):
+            raise OSError(f"cannot watch the spool directory {self.spool_dir}")
+        if self.queue_dir not in self.watch.watched:
+            if self.watch.watch(self.queue_dir):
+                self.need_catch_up = True
+            elif not self.queue_missing_logged:
+                self.queue_missing_logged = True
+                log.warning("cannot watch %s (not a Ganeti node yet?); retrying", self.queue_dir)
+
+    def run_once(self, timeout: float) -> None:
+        """One turn: master check, catch-up if due, then wait for and handle events."""
+        self.setup_watches()
+        if self.check_master() and self.need_catch_up and self.queue_dir in self.watch.watched:
+            self.need_catch_up = False
+            self.catch_up()
+        self.ingest_spool()
+        if self.stop:
+            return
+        changes = classify(self.watch.wait(timeout), self.queue_dir, self.spool_dir)
+        if changes.overflow:
+            log.warning("inotify queue overflowed: rescanning the job queue")
+            self.need_catch_up = True
+        if changes.lost_watch:
+            self.watch.watched = {p: wd for p, wd in self.watch.watched.items() if os.path.isdir(p)}
+            self.need_catch_up = True
+        if changes.job_ids and self.master and not self.need_catch_up:
+            self.process(sorted(changes.job_ids))
+        if changes.spool:
+            self.ingest_spool()
+        if time.monotonic() - self.last_hwm_move > HWM_INTERVAL:
+            self.move_hwm()
+
+    def run(self) -> None:
+        while not (self.stop or self.reload):
+            self.run_once(self.cfg.eventd.master_check_interval)
+
+
+# ---------------------------------------------------------------- process shell
+
+
+def take_lock(outbox_path: str) -> int:
+    """One daemon per outbox; the kernel drops the lock when the process dies, even by SIGKILL."""
+    path = outbox_path + ".eventd.lock"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise OutboxError(f"another snf-ganeti-eventd (pid {holder}) is using {outbox_path}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="snf-ganeti-eventd",
+        description="Watch Ganeti's job queue and store Synnefo messages in the outbox. "
+        "Runs in the foreground (for systemd); SIGTERM stops it, SIGHUP reloads the config.",
+    )
+    p.add_argument("--config", help=f"config file (default: $SNF_WATCHER_CONFIG or {DEFAULT_CONFIG})")
+    p.add_argument("--debug", action="store_true", help="log at DEBUG level")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    path = config_path(args.config)
+    try:
+        cfg = config.load(path)
+    except config.ConfigError as e:
+        print(f"snf-ganeti-eventd: {e}", file=sys.stderr)
+        return config.EXIT_CONFIG
+    os.umask(0o077)
+    logs.setup(cfg.logging, "snf-ganeti-eventd", args.debug)
+    state = {"daemon": None}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        daemon = state["daemon"]
+        if daemon is None:
+            raise SystemExit(0)
+        if signum == signal.SIGHUP:
+            daemon.reload = True
+        else:
+            daemon.stop = True
+        if daemon.watch.waiting:
+            raise _Wakeup()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    while True:
+        try:
+            lock = take_lock(cfg.outbox.path)
+            outbox = Outbox(cfg.outbox.path)
+        except (OutboxError, OSError) as e:
+            log.error("%s", e)
+            return 1
+        watch = DirWatch()
+        daemon = EventDaemon(cfg, outbox, watch)
+        state["daemon"] = daemon
+        log.info("started (version %s, config %s, node %s)", __version__, path, daemon.node_name)
+        try:
+            daemon.run()
+        finally:
+            state["daemon"] = None
+            watch.close()
+            outbox.close()
+            os.close(lock)
+        if daemon.stop:
+            log.info("stopped")
+            return 0
+        try:
+            cfg = config.load(path)
+            logs.setup(cfg.logging, "snf-ganeti-eventd", args.debug)
+            log.info("configuration reloaded from %s", path)
+        except config.ConfigError as e:
+            log.error("reload refused, keeping the running configuration: %s", e)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Load and validate the one YAML config file.
+
+The schema is the dataclasses below: every field with a default is optional in
+the file, every field without one is required. Loading is all-or-nothing: the
+first problem found ends the program (exit code 3) before anything else runs,
+with a message naming the file, the dotted key and what is wrong, because a
+daemon that starts on a half-understood config does damage quietly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from snf_watcher import DEFAULT_CONFIG as DEFAULT_PATH
+
+EXIT_CONFIG = 3  # Nagios UNKNOWN: we could not even tell what to check
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable or invalid; the text says where and why."""
+
+
+@dataclass(frozen=True)
+class GanetiConfig:
+    """Where this node's Ganeti keeps its state."""
+
+    queue_dir: str = "/var/lib/ganeti/queue"
+    ssconf_dir: str = "/var/lib/ganeti"
+    # The node's name as Ganeti knows it (compared with ssconf_master_node);
+    # null means this host's fully qualified domain name.
+    node_name: str | None = None
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    """Where events wait until the database has them."""
+
+    path: str = "/var/lib/snf-watcher/outbox.sqlite"
+    # Hooks and the progress monitor drop one file per message here; the
+    # daemon (or `snf-watcher outbox`) moves them into the outbox database.
+    spool_dir: str = "/var/lib/snf-watcher/spool"
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # auto: stderr on a terminal or under systemd, syslog otherwise.
+    target: Literal["auto", "stderr", "syslog"] = "auto"
+
+
+@dataclass(frozen=True)
+class EventdConfig:
+    # Seconds between checks of ssconf_master_node when no job file changes.
+    master_check_interval: float = 1.0
+    # Job files read per outbox transaction while catching up.
+    batch_size: int = 500
+    # A job id that never appeared is skipped by the high-water mark once a
+    # later job is this many seconds old (ids can be burnt by failed submits).
+    gap_grace: float = 300.0
+
+
+@dataclass(frozen=True)
+class Config:
+    ganeti: GanetiConfig = field(default_factory=GanetiConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eventd: EventdConfig = field(default_factory=EventdConfig)
+    # Synnefo names the Ganeti instance of VM <id> "<instance_prefix><id>".
+    instance_prefix: str = "snf-"
+    # Set when loaded; not a key of the file.
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+
+def load(path: str = DEFAULT_PATH) -> Config:
+    """Read, parse and validate the config file at *path*."""
+    import yaml  # here, not at the top: hooks import this module's siblings on a hot path
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    try:
+        data = yaml.load(raw, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        data = {}
+    cfg = from_mapping(data, path)
+    return dataclasses.replace(cfg, source=path)
+
+
+def from_mapping(data: Any, path: str = "<config>") -> Config:
+    """Build a Config from parsed YAML; raise ConfigError naming file and key."""
+    return _build(Config, data, path, "")
+
+
+def _build(cls: type, data: Any, path: str, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        where = prefix.rstrip(".") or "top level"
+        raise ConfigError(f"{path}: {where}: expected a mapping, got {_kind(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for key in data:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{path}: {prefix}{key}: unknown key (known here: {known})")
+    values = {}
+    for name, f in fields.items():
+        key = prefix + name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{path}: {key}: required value is missing")
+            continue
+        values[name] = _convert(hints[name], data[name], path, key)
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, path: str, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path, key + ".")
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return _convert(inner, value, path, key)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            allowed = ", ".join(repr(c) for c in choices)
+            raise ConfigError(f"{path}: {key}: {value!r} is not one of {allowed}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{path}: {key}: expected {hint.__name__}, got {_kind(value)} {value!r}")
+    if hint in (int, float) and value < 0:
+        raise ConfigError(f"{path}: {key}: must not be negative, got {value!r}")
+    if hint is str and not value and not key.endswith("prefix"):
+        raise ConfigError(f"{path}: {key}: must not be empty")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def documented_keys() -> dict[str, Any]:
+    """Every key of the file with its default, dotted; the docs are tested against this."""
+    out: dict[str, Any] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("internal"):
+                continue
+            if f.default_factory is not dataclasses.MISSING:
+                walk(type(f.default_factory()), prefix + f.name + ".")
+            else:
+                out[prefix + f.name] = f.default
+
+    walk(Config, "")
+    return out

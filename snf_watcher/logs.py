@@ -1,0 +1,40 @@
+"""Logging as Debian daemons and cron jobs are expected to log.
+
+On a terminal or under systemd (which sets JOURNAL_STREAM) log lines go to
+stderr; otherwise (cron) to syslog, falling back to stderr where there is no
+/dev/log. `--debug` forces DEBUG.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+
+from snf_watcher.config import LoggingConfig
+
+SYSLOG_SOCKET = "/dev/log"
+
+
+def use_stderr(target: str) -> bool:
+    if target != "auto":
+        return target == "stderr"
+    return sys.stderr.isatty() or "JOURNAL_STREAM" in os.environ or not os.path.exists(SYSLOG_SOCKET)
+
+
+def setup(cfg: LoggingConfig, prog: str, debug: bool = False) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    if use_stderr(cfg.target):
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{prog}: %(levelname)s: %(message)s"))
+    else:
+        handler = logging.handlers.SysLogHandler(
+            address=SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON
+        )
+        handler.setFormatter(logging.Formatter(f"{prog}[{os.getpid()}]: %(levelname)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else cfg.level)

@@ -1,0 +1,124 @@
+"""Synnefo's message formats, built from plain values.
+
+These are the messages Synnefo's dispatcher understands (DESIGN section 6); the
+producers (job queue daemon, hooks, progress monitor) call these builders so the
+shape of each message is written down exactly once. `opIndex` is our addition:
+with the master's event time, the job id and the status it orders a stream
+totally, which is what lets delivery converge under duplication and reordering.
+
+Pure functions only: no I/O, no clock (callers pass the time in).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+OP_STATUS = "ganeti-op-status"
+NETWORK_STATUS = "ganeti-network-status"
+NET_STATUS = "ganeti-net-status"
+PROGRESS_TYPES = frozenset(
+    {"image-copy-progress", "image-info", "image-warning", "image-error", "image-helper"}
+)
+
+Timestamp = list[int]  # [seconds, microseconds], as Ganeti writes them
+
+
+def split_time(seconds: float) -> Timestamp:
+    """A float epoch as Ganeti's [sec, usec] pair."""
+    sec = int(seconds)
+    return [sec, int(round((seconds - sec) * 1_000_000)) % 1_000_000]
+
+
+def op_status(
+    *,
+    instance: str,
+    operation: str,
+    status: str,
+    job_id: int,
+    op_index: int,
+    logmsg: str | None,
+    result: Any,
+    event_time: Timestamp,
+    cluster: str | None,
+    job_fields: dict[str, Any],
+    tags: list[str],
+) -> dict[str, Any]:
+    """A `ganeti-op-status` message: one status of one opcode acting on one instance."""
+    return {
+        "type": OP_STATUS,
+        "instance": instance,
+        "operation": operation,
+        "status": status,
+        "jobId": job_id,
+        "opIndex": op_index,
+        "logmsg": logmsg,
+        "result": result,
+        "event_time": event_time,
+        "cluster": cluster,
+        "job_fields": job_fields,
+        "tags": tags,
+    }
+
+
+def network_status(
+    *,
+    network: str,
+    operation: str,
+    status: str,
+    job_id: int,
+    op_index: int,
+    logmsg: str | None,
+    result: Any,
+    event_time: Timestamp,
+    cluster: str | None,
+    job_fields: dict[str, Any],
+) -> dict[str, Any]:
+    """A `ganeti-network-status` message: one status of one opcode on a Ganeti network."""
+    return {
+        "type": NETWORK_STATUS,
+        "network": network,
+        "operation": operation,
+        "status": status,
+        "jobId": job_id,
+        "opIndex": op_index,
+        "logmsg": logmsg,
+        "result": result,
+        "event_time": event_time,
+        "cluster": cluster,
+        "job_fields": job_fields,
+    }
+
+
+def net_status(
+    *,
+    instance: str,
+    nics: list[dict[str, Any]],
+    event_time: Timestamp,
+    cluster: str | None,
+    operation: str | None,
+    hook_path: str,
+) -> dict[str, Any]:
+    """A `ganeti-net-status` message: the complete NIC list of an instance after an operation."""
+    return {
+        "type": NET_STATUS,
+        "instance": instance,
+        "nics": nics,
+        "event_time": event_time,
+        "cluster": cluster,
+        "operation": operation,
+        "hook": hook_path,
+    }
+
+
+def progress(instance: str, event: dict[str, Any], event_time: Timestamp) -> dict[str, Any]:
+    """A progress message from snf-image: its own fields plus instance and time.
+
+    Raises ValueError when *event* is not one of the types Synnefo accepts, so
+    a garbled stream is reported instead of stored.
+    """
+    kind = event.get("type")
+    if kind not in PROGRESS_TYPES:
+        raise ValueError(f"unknown progress message type {kind!r}")
+    if kind == "image-copy-progress" and not isinstance(event.get("progress"), (int, float)):
+        raise ValueError("image-copy-progress without a numeric 'progress'")
+    return {**event, "instance": instance, "event_time": event_time}

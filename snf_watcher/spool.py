@@ -1,0 +1,53 @@
+"""The outbox's inbox for short-lived writers: one file per message.
+
+Ganeti waits on every hook, so a hook must neither import sqlite3 nor queue
+behind the daemon's write lock. It drops each message into the spool as its own
+file (temp name, fsync, rename, fsync of the directory), which is durable the
+moment the hook returns and never waits for anyone. `Outbox.ingest_spool`
+moves the files into the database in name order, which is arrival order.
+
+This module is on the hook's hot path: standard library only, nothing heavy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from typing import Any
+
+SUFFIX = ".msg"
+_counter = itertools.count()
+
+
+def spool_name(now_ns: int, pid: int, seq: int) -> str:
+    """Names sort in arrival order; pid and seq keep concurrent writers apart."""
+    return f"{now_ns:020d}-{pid:07d}-{seq:04d}{SUFFIX}"
+
+
+def is_spool_name(name: str) -> bool:
+    return name.endswith(SUFFIX) and not name.startswith(".")
+
+
+def write(spool_dir: str, message: dict[str, Any]) -> str:
+    """Store *message* durably in *spool_dir*; return the final path."""
+    data = json.dumps(message, separators=(",", ":"), sort_keys=True).encode()
+    name = spool_name(time.time_ns(), os.getpid(), next(_counter))
+    tmp = os.path.join(spool_dir, "." + name + ".tmp")
+    final = os.path.join(spool_dir, name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, final)
+    dfd = os.open(spool_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return final
