@@ -21,6 +21,7 @@ from snf_watcher import DEFAULT_CONFIG, __version__, config, config_path, logs, 
 log = logging.getLogger("snf-progress-monitor")
 _decoder = json.JSONDecoder()
 CHUNK = 4096
+NEAR_END = 6  # long enough for a cut "false" or "\\uXXXX"
 MAX_OBJECT = 1 << 20  # a "truncated" object this long is garbage, not slow input
 
 
@@ -54,15 +55,13 @@ def decode_stream(buffer: str, final: bool = False) -> tuple[list[Any], list[str
 
 
 def _truncated(buffer: str, e: json.JSONDecodeError) -> bool:
-    """Did parsing fail only because the input stops early (more may come)?"""
-    tail = buffer[e.pos :].rstrip()
-    if not tail or e.msg.startswith("Unterminated string"):
-        return True
-    return any(word.startswith(tail) for word in ("true", "false", "null")) or _number_prefix(tail)
+    """Could parsing have failed only because the input stops early (more may come)?
 
-
-def _number_prefix(text: str) -> bool:
-    return bool(text) and all(c in "0123456789+-.eE" for c in text)
+    An unterminated string runs to the end of the buffer; any other error
+    within the last few characters (a cut literal, number or \\uXXXX escape)
+    may be completed too. Garbage further back is reported at once.
+    """
+    return e.msg.startswith("Unterminated string") or len(buffer) - e.pos <= NEAR_END
 
 
 def to_messages(instance: str, objects: list[Any], now: float) -> tuple[list[dict[str, Any]], list[str]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 DEFAULT_RUNDIR = "/run/snf-watcher"
 CACHE_NAME = "hook-settings.json"
@@ -22,12 +21,12 @@ def rundir() -> str:
     return os.environ.get("SNF_WATCHER_RUNDIR") or DEFAULT_RUNDIR
 
 
-def stamp(config_path: str) -> list[Any]:
+def stamp(config_path: str) -> list[object]:
     st = os.stat(config_path)
     return [os.path.abspath(config_path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
 
 
-def hook_settings(config_path: str) -> dict[str, Any]:
+def hook_settings(config_path: str) -> dict[str, object]:
     """Return {"spool_dir", "node_name"} for the config at *config_path*.
 
     Raises ConfigError (from the full loader) when the config is invalid.
@@ -49,7 +48,7 @@ def hook_settings(config_path: str) -> dict[str, Any]:
     return settings
 
 
-def _store(cache: str, content: dict[str, Any]) -> None:
+def _store(cache: str, content: dict[str, object]) -> None:
     """Best effort: without a writable runtime dir every hook just loads the YAML."""
     try:
         os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)

@@ -11,8 +11,6 @@ Pure functions only: no I/O, no clock (callers pass the time in).
 
 from __future__ import annotations
 
-from typing import Any
-
 OP_STATUS = "ganeti-op-status"
 NETWORK_STATUS = "ganeti-network-status"
 NET_STATUS = "ganeti-net-status"
@@ -37,12 +35,12 @@ def op_status(
     job_id: int,
     op_index: int,
     logmsg: str | None,
-    result: Any,
+    result: object,
     event_time: Timestamp,
     cluster: str | None,
-    job_fields: dict[str, Any],
+    job_fields: dict[str, object],
     tags: list[str],
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """A `ganeti-op-status` message: one status of one opcode acting on one instance."""
     return {
         "type": OP_STATUS,
@@ -68,11 +66,11 @@ def network_status(
     job_id: int,
     op_index: int,
     logmsg: str | None,
-    result: Any,
+    result: object,
     event_time: Timestamp,
     cluster: str | None,
-    job_fields: dict[str, Any],
-) -> dict[str, Any]:
+    job_fields: dict[str, object],
+) -> dict[str, object]:
     """A `ganeti-network-status` message: one status of one opcode on a Ganeti network."""
     return {
         "type": NETWORK_STATUS,
@@ -92,12 +90,12 @@ def network_status(
 def net_status(
     *,
     instance: str,
-    nics: list[dict[str, Any]],
+    nics: list[dict[str, object]],
     event_time: Timestamp,
     cluster: str | None,
     operation: str | None,
     hook_path: str,
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """A `ganeti-net-status` message: the complete NIC list of an instance after an operation."""
     return {
         "type": NET_STATUS,
@@ -110,7 +108,7 @@ def net_status(
     }
 
 
-def progress(instance: str, event: dict[str, Any], event_time: Timestamp) -> dict[str, Any]:
+def progress(instance: str, event: dict[str, object], event_time: Timestamp) -> dict[str, object]:
     """A progress message from snf-image: its own fields plus instance and time.
 
     Raises ValueError when *event* is not one of the types Synnefo accepts, so

@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import time
-from typing import Any
 
 SUFFIX = ".msg"
 _counter = itertools.count()
@@ -30,7 +29,7 @@ def is_spool_name(name: str) -> bool:
     return name.endswith(SUFFIX) and not name.startswith(".")
 
 
-def write(spool_dir: str, message: dict[str, Any]) -> str:
+def write(spool_dir: str, message: dict[str, object]) -> str:
     """Store *message* durably in *spool_dir*; return the final path."""
     data = json.dumps(message, separators=(",", ":"), sort_keys=True).encode()
     name = spool_name(time.time_ns(), os.getpid(), next(_counter))
