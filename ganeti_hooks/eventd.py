@@ -189,7 +189,7 @@ class EventDaemon:
         self.watch = watch
         self.stop = False
         self.reload = False
-        self.master = False
+        self.master: bool | None = None  # unknown until the first check, which logs it
         self.cluster: str | None = None
         self.need_catch_up = True
         hwm = outbox.high_water_mark()
