@@ -35,7 +35,12 @@ def write(spool_dir: str, message: dict[str, object]) -> str:
     name = spool_name(time.time_ns(), os.getpid(), next(_counter))
     tmp = os.path.join(spool_dir, "." + name + ".tmp")
     final = os.path.join(spool_dir, name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    try:
+        fd = os.open(tmp, flags, 0o600)
+    except FileNotFoundError:  # before the daemon's first start: make it rather than lose the message
+        os.makedirs(spool_dir, mode=0o700, exist_ok=True)
+        fd = os.open(tmp, flags, 0o600)
     try:
         view = memoryview(data)
         while view:
