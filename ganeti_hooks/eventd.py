@@ -49,7 +49,7 @@ class Changes:
     job_ids: set[int] = field(default_factory=set)
     spool: bool = False
     overflow: bool = False
-    lost_watch: bool = False
+    lost_watches: set[int] = field(default_factory=set)  # watch descriptors the kernel dropped
 
 
 class DirWatch:
@@ -72,6 +72,10 @@ class DirWatch:
             return False
         self.watched[path] = wd
         return True
+
+    def forget(self, wds: set[int]) -> None:
+        """Drop watches the kernel removed, so the next `watch` sets them up again."""
+        self.watched = {path: wd for path, wd in self.watched.items() if wd not in wds}
 
     def _collect(self, event: pyinotify.Event) -> None:
         self._events.append(event)
@@ -101,8 +105,8 @@ def classify(events: Iterable[pyinotify.Event], queue_dir: str, spool_dir: str) 
     for ev in events:
         if ev.mask & pyinotify.IN_Q_OVERFLOW:
             changes.overflow = True
-        elif ev.mask & pyinotify.IN_IGNORED:
-            changes.lost_watch = True
+        elif ev.mask & pyinotify.IN_IGNORED:  # the directory was removed or moved away
+            changes.lost_watches.add(ev.wd)
         elif ev.path == queue_dir:
             job_id = jobqueue.job_id_from_name(ev.name or "")
             if job_id is not None:
@@ -339,8 +343,8 @@ class EventDaemon:
         if changes.overflow:
             log.warning("inotify queue overflowed: rescanning the job queue")
             self.need_catch_up = True
-        if changes.lost_watch:
-            self.watch.watched = {p: wd for p, wd in self.watch.watched.items() if os.path.isdir(p)}
+        if changes.lost_watches:
+            self.watch.forget(changes.lost_watches)
             self.need_catch_up = True
         if changes.job_ids and self.master and not self.need_catch_up:
             self.process(sorted(changes.job_ids))
