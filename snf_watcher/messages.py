@@ -27,40 +27,18 @@ def split_time(seconds: float) -> Timestamp:
     return [sec, int(round((seconds - sec) * 1_000_000)) % 1_000_000]
 
 
-def op_status(
-    *,
-    instance: str,
-    operation: str,
-    status: str,
-    job_id: int,
-    op_index: int,
-    logmsg: str | None,
-    result: object,
-    event_time: Timestamp,
-    cluster: str | None,
-    job_fields: dict[str, object],
-    tags: list[str],
-) -> dict[str, object]:
+def op_status(*, instance: str, tags: list[str], **status: object) -> dict[str, object]:
     """A `ganeti-op-status` message: one status of one opcode acting on one instance."""
-    return {
-        "type": OP_STATUS,
-        "instance": instance,
-        "operation": operation,
-        "status": status,
-        "jobId": job_id,
-        "opIndex": op_index,
-        "logmsg": logmsg,
-        "result": result,
-        "event_time": event_time,
-        "cluster": cluster,
-        "job_fields": job_fields,
-        "tags": tags,
-    }
+    return {"type": OP_STATUS, "instance": instance, **_status(**status), "tags": tags}
 
 
-def network_status(
+def network_status(*, network: str, **status: object) -> dict[str, object]:
+    """A `ganeti-network-status` message: one status of one opcode on a Ganeti network."""
+    return {"type": NETWORK_STATUS, "network": network, **_status(**status)}
+
+
+def _status(
     *,
-    network: str,
     operation: str,
     status: str,
     job_id: int,
@@ -71,10 +49,8 @@ def network_status(
     cluster: str | None,
     job_fields: dict[str, object],
 ) -> dict[str, object]:
-    """A `ganeti-network-status` message: one status of one opcode on a Ganeti network."""
+    """The fields every job status message has, under Synnefo's names."""
     return {
-        "type": NETWORK_STATUS,
-        "network": network,
         "operation": operation,
         "status": status,
         "jobId": job_id,
