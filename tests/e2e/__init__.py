@@ -1,0 +1,1 @@
+"""End-to-end tests against a real Ganeti sandbox (a package, so that its conftest is not `conftest`)."""
