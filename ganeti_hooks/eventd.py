@@ -183,16 +183,32 @@ def read_ssconf(ssconf_dir: str, key: str) -> str | None:
 # ---------------------------------------------------------------- the daemon
 
 
+@dataclass
+class Control:
+    """What the signal handlers ask for; it outlives each (re)started daemon."""
+
+    stop: bool = False
+    reload: bool = False
+    watch: DirWatch | None = None  # the wait a signal should cut short
+
+    def request(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self.reload = True
+        else:
+            self.stop = True
+        if self.watch is not None and self.watch.waiting:
+            raise _Wakeup()
+
+
 class EventDaemon:
-    def __init__(self, cfg: config.Config, outbox: Outbox, watch: DirWatch) -> None:
+    def __init__(self, cfg: config.Config, outbox: Outbox, watch: DirWatch, control: Control) -> None:
         self.cfg = cfg
         self.queue_dir = os.path.abspath(cfg.ganeti.queue_dir)
         self.spool_dir = os.path.abspath(cfg.outbox.spool_dir)
         self.node_name = cfg.ganeti.node_name or socket.getfqdn()
         self.outbox = outbox
         self.watch = watch
-        self.stop = False
-        self.reload = False
+        self.control = control
         self.master: bool | None = None  # unknown until the first check, which logs it
         self.cluster: str | None = None
         self.need_catch_up = True
@@ -273,7 +289,7 @@ class EventDaemon:
         ids = [i for i in job_ids if i > self.hwm]
         size = max(1, self.cfg.eventd.batch_size)
         for start in range(0, len(ids), size):
-            if self.stop or not self.check_master():
+            if self.control.stop or not self.check_master():
                 break
             counters: dict[str, int] = {}
             records = [r for r in (self.examine(i, counters) for i in ids[start : start + size]) if r]
@@ -290,17 +306,19 @@ class EventDaemon:
             self.outbox.set_high_water_mark(self.hwm)
             self.fresh = False
             log.info("new outbox: reporting jobs after %d (older ones are history)", self.hwm)
-        ids = scan_queue(self.queue_dir, self.hwm)
+        above = self.hwm
+        ids = scan_queue(self.queue_dir, above)
         todo = [i for i in ids if not (i in self.marks and self.marks[i].finished)]
         added = self.process(todo)
         self.move_hwm()
         log.info(
-            "caught up: %d job files above %d, %d read, %d messages added in %.2fs",
+            "caught up: %d job files above %d, %d read, %d messages added in %.2fs; high-water mark %d",
             len(ids),
-            self.hwm,
+            above,
             len(todo),
             added,
             time.monotonic() - t0,
+            self.hwm,
         )
 
     def move_hwm(self) -> None:
@@ -333,11 +351,11 @@ class EventDaemon:
     def run_once(self, timeout: float) -> None:
         """One turn: master check, catch-up if due, then wait for and handle events."""
         self.setup_watches()
+        self.ingest_spool()  # first: hook messages waiting since before a restart are older
         if self.check_master() and self.need_catch_up and self.queue_dir in self.watch.watched:
             self.need_catch_up = False
             self.catch_up()
-        self.ingest_spool()
-        if self.stop:
+        if self.control.stop:
             return
         changes = classify(self.watch.wait(timeout), self.queue_dir, self.spool_dir)
         if changes.overflow:
@@ -354,7 +372,7 @@ class EventDaemon:
             self.move_hwm()
 
     def run(self) -> None:
-        while not (self.stop or self.reload):
+        while not (self.control.stop or self.control.reload):
             self.run_once(self.cfg.eventd.master_check_interval)
 
 
@@ -399,23 +417,10 @@ def main(argv: list[str] | None = None) -> int:
         return config.EXIT_CONFIG
     os.umask(0o077)
     logs.setup(cfg.logging, "snf-ganeti-eventd", args.debug)
-    state = {"daemon": None}
-
-    def on_signal(signum: int, _frame: object) -> None:
-        daemon = state["daemon"]
-        if daemon is None:
-            raise SystemExit(0)
-        if signum == signal.SIGHUP:
-            daemon.reload = True
-        else:
-            daemon.stop = True
-        if daemon.watch.waiting:
-            raise _Wakeup()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-    while True:
+    control = Control()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda signum, _frame: control.request(signum))
+    while not control.stop:
         try:
             lock = take_lock(cfg.outbox.path)
             outbox = Outbox(cfg.outbox.path)
@@ -423,25 +428,26 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", e)
             return 1
         watch = DirWatch()
-        daemon = EventDaemon(cfg, outbox, watch)
-        state["daemon"] = daemon
+        daemon = EventDaemon(cfg, outbox, watch, control)
         log.info("started (version %s, config %s, node %s)", __version__, path, daemon.node_name)
+        control.watch = watch
         try:
             daemon.run()
         finally:
-            state["daemon"] = None
+            control.watch = None
             watch.close()
             outbox.close()
             os.close(lock)
-        if daemon.stop:
-            log.info("stopped")
-            return 0
-        try:
-            cfg = config.load(path)
-            logs.setup(cfg.logging, "snf-ganeti-eventd", args.debug)
-            log.info("configuration reloaded from %s", path)
-        except config.ConfigError as e:
-            log.error("reload refused, keeping the running configuration: %s", e)
+        if control.reload:
+            control.reload = False
+            try:
+                cfg = config.load(path)
+                logs.setup(cfg.logging, "snf-ganeti-eventd", args.debug)
+                log.info("configuration reloaded from %s", path)
+            except config.ConfigError as e:
+                log.error("reload refused, keeping the running configuration: %s", e)
+    log.info("stopped")
+    return 0
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from snf_watcher import DEFAULT_CONFIG, __version__, config, config_path, logs, 
 log = logging.getLogger("snf-progress-monitor")
 _decoder = json.JSONDecoder()
 CHUNK = 4096
-NEAR_END = 6  # long enough for a cut "false" or "\\uXXXX"
+NEAR_END = 16  # long enough for a cut "-Infinity" or a "\\uXXXX\\uXXXX" surrogate pair
 MAX_OBJECT = 1 << 20  # a "truncated" object this long is garbage, not slow input
 
 
@@ -58,7 +58,7 @@ def _truncated(buffer: str, e: json.JSONDecodeError) -> bool:
     """Could parsing have failed only because the input stops early (more may come)?
 
     An unterminated string runs to the end of the buffer; any other error
-    within the last few characters (a cut literal, number or \\uXXXX escape)
+    within the last few characters (a cut literal, number or escape)
     may be completed too. Garbage further back is reported at once.
     """
     return e.msg.startswith("Unterminated string") or len(buffer) - e.pos <= NEAR_END

@@ -285,7 +285,7 @@ def test_hook_messages_in_the_spool_reach_the_outbox_within_a_moment(setup, tmp_
     _, daemon, _ = setup
     d = daemon().start()
     spool.write(str(tmp_path / "spool"), {"type": "ganeti-net-status", "instance": "snf-1", "nics": []})
-    wait_until(lambda: any(k.startswith("spool:") for k in d.stored_keys()), timeout=5, what="spool ingest")
+    wait_until(lambda: any(k.startswith("spool:") for k in d.stored_keys()), timeout=15, what="spool ingest")
     assert list((tmp_path / "spool").glob("*.msg")) == []
 
 

@@ -60,7 +60,7 @@ def test_any_value_in_a_job_field_gives_a_job_or_a_parse_error(field, value):
     parses_or_raises_parse_error(json.dumps(doc).encode())
 
 
-@settings(max_examples=300)
+@settings(max_examples=1000)
 @given(
     st.lists(st.dictionaries(st.text(max_size=6), json_values, max_size=4), min_size=1, max_size=6),
     st.lists(st.integers(0, 400), max_size=6),
