@@ -320,3 +320,26 @@ def test_umask_keeps_the_outbox_private(setup):
     _, daemon, _ = setup
     d = daemon().start()
     assert os.stat(d.outbox).st_mode & 0o077 == 0
+
+
+def test_an_inotify_buffer_splits_into_events_and_only_final_job_names_count():
+    import struct
+
+    from ganeti_hooks.eventd import RawEvent, classify, parse_events
+
+    def event(wd: int, mask: int, name: bytes) -> bytes:
+        padded = name + b"\0" * (16 - len(name) % 16) if name else b""
+        return struct.pack("iIII", wd, mask, 0, len(padded)) + padded
+
+    moved_to, moved_from, overflow = 0x80, 0x40, 0x4000
+    buf = (
+        event(1, moved_from, b"job-10-8331-37.tmp")
+        + event(1, moved_to, b"job-10")
+        + event(1, moved_from, b"job-7")
+        + event(2, moved_to, b"0001-0002-0003.msg")
+        + event(-1, overflow, b"")
+    )
+    events = parse_events(buf)
+    assert events[:2] == [RawEvent(1, moved_from, "job-10-8331-37.tmp"), RawEvent(1, moved_to, "job-10")]
+    changes = classify(events, {"/q": 1, "/s": 2}, "/q", "/s")
+    assert (changes.job_ids, changes.spool, changes.overflow) == ({10, 7}, True, True)
