@@ -175,22 +175,21 @@ def scan_queue(queue_dir: str, above: int, archive: bool = True) -> list[int]:
 
 def read_job_file(queue_dir: str, job_id: int) -> tuple[bytes, float]:
     """The job file's bytes and mtime, from the live queue or else the archive."""
-    name = f"job-{job_id}"
-    for path in (
-        os.path.join(queue_dir, name),
-        os.path.join(queue_dir, "archive", jobqueue.archive_subdir(job_id), name),
-    ):
-        try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                if st.st_size > jobqueue.MAX_JOB_FILE:
-                    raise jobqueue.JobParseError(
-                        f"file is {st.st_size} bytes, more than the {jobqueue.MAX_JOB_FILE} allowed"
-                    )
-                return f.read(), st.st_mtime
-        except FileNotFoundError:
-            continue
-    raise FileNotFoundError(f"{name} is neither in the queue nor in the archive")
+    try:
+        return _read(f"{queue_dir}/job-{job_id}")
+    except FileNotFoundError:
+        pass
+    try:
+        return _read(f"{queue_dir}/archive/{jobqueue.archive_subdir(job_id)}/job-{job_id}")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"job-{job_id} is neither in the queue nor in the archive") from None
+
+
+def _read(path: str) -> tuple[bytes, float]:
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        jobqueue.check_size(st.st_size)
+        return f.read(), st.st_mtime
 
 
 def initial_hwm(queue_dir: str) -> int:

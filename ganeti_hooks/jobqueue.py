@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from snf_watcher import messages
 
@@ -42,8 +42,7 @@ class JobParseError(ValueError):
     """The bytes are not a Ganeti job; the message says what is wrong."""
 
 
-@dataclass(frozen=True)
-class Op:
+class Op(NamedTuple):  # a NamedTuple, not a frozen dataclass: 4x cheaper to build in a catch-up
     index: int
     op_id: str
     status: str
@@ -59,8 +58,7 @@ class Op:
         return STATUS_RANK[self.status]
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(NamedTuple):
     id: int
     ops: tuple[Op, ...]
     received_timestamp: Timestamp | None
@@ -83,10 +81,15 @@ def archive_subdir(job_id: int) -> str:
 # ---------------------------------------------------------------- parsing
 
 
+def check_size(size: int) -> None:
+    """Refuse a job file too big to be one, before reading or parsing it."""
+    if size > MAX_JOB_FILE:
+        raise JobParseError(f"file is {size} bytes, more than the {MAX_JOB_FILE} allowed")
+
+
 def parse_job(data: bytes) -> Job:
     """Parse the bytes of a job file. Raises JobParseError, and only that."""
-    if len(data) > MAX_JOB_FILE:
-        raise JobParseError(f"file is {len(data)} bytes, more than the {MAX_JOB_FILE} allowed")
+    check_size(len(data))
     if not data.strip():
         raise JobParseError("file is empty")
     try:
@@ -153,14 +156,10 @@ def _timestamp(obj: dict[str, Any], key: str, where: str) -> Timestamp | None:
     value = obj.get(key)
     if value is None:
         return None
-    if (
-        isinstance(value, list)
-        and len(value) == 2
-        and all(_is_int(v) for v in value)
-        and value[0] >= 0
-        and 0 <= value[1] < 1_000_000
-    ):
-        return [value[0], value[1]]
+    if type(value) is list and len(value) == 2:  # hot in a catch-up: no generators here
+        sec, usec = value
+        if type(sec) is int and type(usec) is int and sec >= 0 and 0 <= usec < 1_000_000:
+            return value
     raise JobParseError(f"{where}: '{key}' is {value!r}, not [seconds, microseconds]")
 
 

@@ -91,7 +91,7 @@ def _subject(message: dict[str, Any]) -> str | None:
 
 
 def _dumps(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"), sort_keys=True)
+    return json.dumps(message, separators=(",", ":"))
 
 
 class Outbox:
@@ -181,30 +181,30 @@ class Outbox:
 
     def store_jobs(self, records: Iterable[JobRecord], counters: dict[str, int] | None = None) -> int:
         """Store job changes and their messages in one transaction; return rows added."""
-        added = 0
+        records = list(records)
         now = time.time()
+        new = [(key, msg["type"], _subject(msg), _dumps(msg), now) for rec in records for key, msg in rec.new]
+        refreshed = [(_dumps(msg), key) for rec in records for key, msg in rec.refreshed]
+        marks = [
+            (r.job_id, ",".join(map(str, m.reported)), int(m.finished), m.received, m.error)
+            for r in records
+            for m in (r.mark,)
+        ]
         with self.transaction() as db:
-            for rec in records:
-                for key, message in rec.new:
-                    cur = db.execute(
-                        "INSERT OR IGNORE INTO outbox(key, kind, subject, body, created) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        (key, message["type"], _subject(message), _dumps(message), now),
-                    )
-                    added += cur.rowcount
-                for key, message in rec.refreshed:
-                    db.execute("UPDATE outbox SET body = ? WHERE key = ?", (_dumps(message), key))
-                m = rec.mark
-                db.execute(
-                    "INSERT INTO jobs(job_id, reported, finished, received, error) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
-                    "reported = excluded.reported, finished = excluded.finished, "
-                    "received = excluded.received, error = excluded.error",
-                    (rec.job_id, ",".join(map(str, m.reported)), int(m.finished), m.received, m.error),
-                )
+            added = db.executemany(
+                "INSERT OR IGNORE INTO outbox(key, kind, subject, body, created) VALUES (?, ?, ?, ?, ?)", new
+            ).rowcount
+            db.executemany("UPDATE outbox SET body = ? WHERE key = ?", refreshed)
+            db.executemany(
+                "INSERT INTO jobs(job_id, reported, finished, received, error) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
+                "reported = excluded.reported, finished = excluded.finished, "
+                "received = excluded.received, error = excluded.error",
+                marks,
+            )
             for name, n in (counters or {}).items():
                 self.count(name, n)
-        return added
+        return max(added, 0)
 
     def set_high_water_mark(self, hwm: int) -> None:
         """Move the mark and forget the jobs at or below it: they are done for good."""
