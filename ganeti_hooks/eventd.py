@@ -306,7 +306,8 @@ class EventDaemon:
     ) -> JobRecord | None:
         """Remember a bad file (so the high-water mark can pass it in time) and skip it."""
         self._problem(job_id, reason, counters, "bad_job_files")
-        bad = JobMark(reported=mark.reported if mark else (), finished=False, received=when, error=reason)
+        since = mark.received if mark is not None and mark.error else when  # grace from the first failure
+        bad = JobMark(reported=mark.reported if mark else (), finished=False, received=since, error=reason)
         return JobRecord(job_id, bad, [], []) if bad != mark else None
 
     def _problem(self, job_id: int, reason: str, counters: dict[str, int], counter: str) -> None:

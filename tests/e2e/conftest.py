@@ -205,6 +205,28 @@ def gnt_list(command: str, *args: str) -> list[list[str]]:
 
 
 @dataclass
+def op_messages(entries: list[Entry], job_id: int, op_index: int = 0) -> list[dict[str, Any]]:
+    """One op's ganeti-op-status messages, in outbox order."""
+    return [
+        e.message
+        for e in entries
+        if e.kind == "ganeti-op-status"
+        and e.message.get("jobId") == job_id
+        and e.message.get("opIndex") == op_index
+    ]
+
+
+def net_messages(entries: list[Entry], instance: str, hook: str | None = None) -> list[dict[str, Any]]:
+    """One instance's ganeti-net-status messages (of one hook path, if given), in outbox order."""
+    return [
+        e.message
+        for e in entries
+        if e.kind == "ganeti-net-status"
+        and e.message.get("instance") == instance
+        and (hook is None or e.message.get("hook") == hook)
+    ]
+
+
 class Watcher:
     """snf-ganeti-eventd and the hooks of one test session, and what they produced."""
 
@@ -347,47 +369,25 @@ class Watcher:
 
     def op_statuses(self, job_id: int, op_index: int = 0) -> list[dict[str, Any]]:
         """This op's ganeti-op-status messages, in outbox order."""
-        return [
-            e.message
-            for e in self.entries()
-            if e.kind == "ganeti-op-status"
-            and e.message.get("jobId") == job_id
-            and e.message.get("opIndex") == op_index
-        ]
+        return op_messages(self.entries(), job_id, op_index)
 
     def wait_final(self, job_id: int, op_index: int = 0) -> list[dict[str, Any]]:
         """Wait for the op's final status; return all its op-status messages, oldest first."""
 
         def done(entries: list[Entry]) -> list[dict[str, Any]]:
-            msgs = [
-                e.message
-                for e in entries
-                if e.kind == "ganeti-op-status"
-                and e.message.get("jobId") == job_id
-                and e.message.get("opIndex") == op_index
-            ]
+            msgs = op_messages(entries, job_id, op_index)
             return msgs if any(m["status"] in FINAL for m in msgs) else []
 
         return self.wait_for(f"the final status of job {job_id} op {op_index}", done)
 
     def net_statuses(self, instance: str, hook: str | None = None) -> list[dict[str, Any]]:
-        return [
-            m
-            for m in self.messages("ganeti-net-status")
-            if m.get("instance") == instance and (hook is None or m.get("hook") == hook)
-        ]
+        return net_messages(self.entries(), instance, hook)
 
     def wait_net_status(self, instance: str, hook: str, count: int = 1) -> list[dict[str, Any]]:
         """Wait until *count* net-status messages of this hook for this instance are in the outbox."""
 
         def enough(entries: list[Entry]) -> list[dict[str, Any]]:
-            msgs = [
-                e.message
-                for e in entries
-                if e.kind == "ganeti-net-status"
-                and e.message.get("instance") == instance
-                and e.message.get("hook") == hook
-            ]
+            msgs = net_messages(entries, instance, hook)
             return msgs if len(msgs) >= count else []
 
         return self.wait_for(f"{count} ganeti-net-status of the {hook} hook for {instance}", enough)
