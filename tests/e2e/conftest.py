@@ -204,7 +204,6 @@ def gnt_list(command: str, *args: str) -> list[list[str]]:
 # ---------------------------------------------------------------- snf-watcher
 
 
-@dataclass
 def op_messages(entries: list[Entry], job_id: int, op_index: int = 0) -> list[dict[str, Any]]:
     """One op's ganeti-op-status messages, in outbox order."""
     return [
@@ -227,6 +226,7 @@ def net_messages(entries: list[Entry], instance: str, hook: str | None = None) -
     ]
 
 
+@dataclass
 class Watcher:
     """snf-ganeti-eventd and the hooks of one test session, and what they produced."""
 
