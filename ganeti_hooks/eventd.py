@@ -329,9 +329,10 @@ class EventDaemon:
             counters: dict[str, int] = {}
             records = [r for r in (self.examine(i, counters) for i in ids[start : start + size]) if r]
             if records or counters:
-                added += self.outbox.store_jobs(records, counters)
-                for rec in records:
-                    self.marks[rec.job_id] = rec.mark
+                marks = {**self.marks, **{rec.job_id: rec.mark for rec in records}}
+                hwm = self.next_hwm(marks)
+                added += self.outbox.store_jobs(records, counters, hwm if hwm != self.hwm else None)
+                self.adopt(marks, hwm)
         return added
 
     def catch_up(self) -> None:
@@ -356,14 +357,21 @@ class EventDaemon:
             self.hwm,
         )
 
+    def next_hwm(self, marks: dict[int, JobMark]) -> int:
+        return jobqueue.advance_hwm(self.hwm, marks, time.time(), self.cfg.eventd.gap_grace)
+
+    def adopt(self, marks: dict[int, JobMark], hwm: int) -> None:
+        """Take the state just committed: the marks, less those the new high-water mark passed."""
+        self.marks = marks if hwm == self.hwm else {k: v for k, v in marks.items() if k > hwm}
+        self.hwm = hwm
+
     def move_hwm(self) -> None:
-        now = time.time()
-        hwm = jobqueue.advance_hwm(self.hwm, self.marks, now, self.cfg.eventd.gap_grace)
+        """Move the mark on its own: gaps and bad files pass with time, not with new files."""
         self.last_hwm_move = time.monotonic()
+        hwm = self.next_hwm(self.marks)
         if hwm != self.hwm:
             self.outbox.set_high_water_mark(hwm)
-            self.hwm = hwm
-            self.marks = {k: v for k, v in self.marks.items() if k > hwm}
+            self.adopt(self.marks, hwm)
 
     def ingest_spool(self) -> None:
         added = self.outbox.ingest_spool(self.spool_dir)

@@ -179,8 +179,14 @@ class Outbox:
             for job_id, reported, finished, received, error in rows
         }
 
-    def store_jobs(self, records: Iterable[JobRecord], counters: dict[str, int] | None = None) -> int:
-        """Store job changes and their messages in one transaction; return rows added."""
+    def store_jobs(
+        self, records: Iterable[JobRecord], counters: dict[str, int] | None = None, hwm: int | None = None
+    ) -> int:
+        """Store job changes and their messages in one transaction; return rows added.
+
+        With *hwm*, the high-water mark moves in the same transaction, and the
+        jobs at or below it are forgotten (or, new ones, never written).
+        """
         records = list(records)
         now = time.time()
         new = [(key, msg["type"], _subject(msg), _dumps(msg), now) for rec in records for key, msg in rec.new]
@@ -189,6 +195,7 @@ class Outbox:
             (r.job_id, ",".join(map(str, m.reported)), int(m.finished), m.received, m.error)
             for r in records
             for m in (r.mark,)
+            if hwm is None or r.job_id > hwm
         ]
         with self.transaction() as db:
             added = db.executemany(
@@ -204,13 +211,14 @@ class Outbox:
             )
             for name, n in (counters or {}).items():
                 self.count(name, n)
+            if hwm is not None:
+                self._set_meta("job_hwm", str(hwm))
+                db.execute("DELETE FROM jobs WHERE job_id <= ?", (hwm,))
         return max(added, 0)
 
     def set_high_water_mark(self, hwm: int) -> None:
         """Move the mark and forget the jobs at or below it: they are done for good."""
-        with self.transaction() as db:
-            self._set_meta("job_hwm", str(hwm))
-            db.execute("DELETE FROM jobs WHERE job_id <= ?", (hwm,))
+        self.store_jobs([], hwm=hwm)
 
     # ------------------------------------------------------------ spool
 
