@@ -241,6 +241,14 @@ def check_final_rows(
 # ---------------------------------------------------------------- timing and reporting
 
 
+def remove_unless_kept(root: Path, keep: bool) -> None:
+    """Remove a benchmark's temp dir, or say where it is when --keep asked for it."""
+    if keep:
+        print(f"kept {root}", file=sys.stderr)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def run_wall(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, bytes]:
     """Wall seconds, exit code and stderr of one run of *argv*."""
     t0 = time.perf_counter()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import random
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -197,10 +196,7 @@ def main() -> int:
             rows_after_restarts == rows_after_first,
         )
     finally:
-        if args.keep:
-            print(f"kept {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        benchlib.remove_unless_kept(root, args.keep)
     return report.finish()
 
 

@@ -287,10 +287,7 @@ def main() -> int:
     finally:
         if daemon is not None:
             daemon.stop()
-        if args.keep:
-            print(f"kept {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        benchlib.remove_unless_kept(root, args.keep)
     return report.finish()
 
 
