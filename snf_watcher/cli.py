@@ -99,15 +99,10 @@ def show_outbox(cfg: config.Config, as_json: bool, limit: int) -> int:
 
 def _spooled(spool_dir: str) -> list[tuple[str, Any]]:
     out = []
-    try:
-        names = sorted(n for n in os.listdir(spool_dir) if spool.is_spool_name(n))
-    except FileNotFoundError:
-        return out
-    for name in names:
+    for name in spool.names(spool_dir):
         try:
-            with open(os.path.join(spool_dir, name), "rb") as f:
-                out.append((name, json.loads(f.read())))
-        except (OSError, ValueError):
+            out.append((name, spool.read(os.path.join(spool_dir, name))))
+        except (OSError, ValueError):  # taken by the daemon meanwhile, or set aside by it later
             continue
     return out
 

@@ -90,6 +90,11 @@ def _subject(message: dict[str, Any]) -> str | None:
     return message.get("instance") or message.get("network")
 
 
+def _mark_row(rec: JobRecord) -> tuple[object, ...]:
+    m = rec.mark
+    return (rec.job_id, ",".join(map(str, m.reported)), int(m.finished), m.received, m.error)
+
+
 def _dumps(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"))
 
@@ -191,12 +196,7 @@ class Outbox:
         now = time.time()
         new = [(key, msg["type"], _subject(msg), _dumps(msg), now) for rec in records for key, msg in rec.new]
         refreshed = [(_dumps(msg), key) for rec in records for key, msg in rec.refreshed]
-        marks = [
-            (r.job_id, ",".join(map(str, m.reported)), int(m.finished), m.received, m.error)
-            for r in records
-            for m in (r.mark,)
-            if hwm is None or r.job_id > hwm
-        ]
+        marks = [_mark_row(r) for r in records if hwm is None or r.job_id > hwm]
         with self.transaction() as db:
             added = db.executemany(
                 "INSERT OR IGNORE INTO outbox(key, kind, subject, body, created) VALUES (?, ?, ?, ?, ?)", new
@@ -228,10 +228,7 @@ class Outbox:
         Names are remembered for a week, so a file left behind by a crash
         between commit and unlink is not added twice.
         """
-        try:
-            names = sorted(n for n in os.listdir(spool_dir) if spool.is_spool_name(n))
-        except FileNotFoundError:
-            return 0
+        names = spool.names(spool_dir)
         if not names:
             return 0
         taken, bad, added = [], [], 0
@@ -240,7 +237,7 @@ class Outbox:
             for name in names:
                 path = os.path.join(spool_dir, name)
                 try:
-                    message = _read_spool_file(path)
+                    message = spool.read(path)
                 except FileNotFoundError:
                     continue  # another ingester took it
                 except (OSError, ValueError) as e:
@@ -287,12 +284,3 @@ class Outbox:
         """Forget delivered messages; call only after the database committed them."""
         with self.transaction() as db:
             db.executemany("DELETE FROM outbox WHERE seq = ?", ((s,) for s in seqs))
-
-
-def _read_spool_file(path: str) -> dict[str, Any]:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as f:
-        message = json.loads(f.read())
-    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        raise ValueError("not a message object with a 'type'")
-    return message

@@ -55,3 +55,21 @@ def write(spool_dir: str, message: dict[str, object]) -> str:
     finally:
         os.close(dfd)
     return final
+
+
+def names(spool_dir: str) -> list[str]:
+    """The message files waiting in the spool, oldest first; none if it does not exist yet."""
+    try:
+        return sorted(n for n in os.listdir(spool_dir) if is_spool_name(n))
+    except FileNotFoundError:
+        return []
+
+
+def read(path: str) -> dict[str, object]:
+    """One spool file's message. Raises OSError, or ValueError when it is not a message."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        message = json.loads(f.read())
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ValueError("not a message object with a 'type'")
+    return message
