@@ -228,7 +228,7 @@ class Outbox:
         Names are remembered for a week, so a file left behind by a crash
         between commit and unlink is not added twice.
         """
-        names = spool.names(spool_dir)
+        names = spool.names(spool_dir, before_ns=time.time_ns())
         if not names:
             return 0
         taken, bad, added = [], [], 0

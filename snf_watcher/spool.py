@@ -26,7 +26,8 @@ def spool_name(now_ns: int, pid: int, seq: int) -> str:
 
 
 def is_spool_name(name: str) -> bool:
-    return name.endswith(SUFFIX) and not name.startswith(".")
+    """Names `write` makes: a 20-digit time first (temp files start with a dot)."""
+    return name.endswith(SUFFIX) and name[:20].isdigit()
 
 
 def write(spool_dir: str, message: dict[str, object]) -> str:
@@ -57,12 +58,23 @@ def write(spool_dir: str, message: dict[str, object]) -> str:
     return final
 
 
-def names(spool_dir: str) -> list[str]:
-    """The message files waiting in the spool, oldest first; none if it does not exist yet."""
+def names(spool_dir: str, before_ns: int | None = None) -> list[str]:
+    """The message files waiting in the spool, oldest first; none if it does not exist yet.
+
+    A directory listing taken during renames is no snapshot: it may show a
+    writer's newer file and miss its older one. With *before_ns* (a clock
+    reading taken before calling), only files named before that time are
+    returned. A writer names its next file only after renaming the previous
+    one, so those are all visible, and each writer's order is kept; younger
+    files wait for the next call.
+    """
     try:
-        return sorted(n for n in os.listdir(spool_dir) if is_spool_name(n))
+        found = [n for n in os.listdir(spool_dir) if is_spool_name(n)]
     except FileNotFoundError:
         return []
+    if before_ns is not None:
+        found = [n for n in found if int(n[:20]) < before_ns]
+    return sorted(found)
 
 
 def read(path: str) -> dict[str, object]:
