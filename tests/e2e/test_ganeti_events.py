@@ -92,6 +92,15 @@ def ganeti_macs(snf: Watcher, instance: str) -> list[str]:
 # ---------------------------------------------------------------- the tests
 
 
+def check_started(snf: Watcher, job: GntResult, name: str, ip: str) -> None:
+    """A successful start: its op statuses, and one report of the instance's single NIC."""
+    check_op_messages(snf, job, instance=name, operation="OP_INSTANCE_STARTUP", final="success")
+    (net,) = snf.wait_net_status(name, "instance-start")
+    assert net["operation"] == "OP_INSTANCE_STARTUP"
+    (nic,) = net["nics"]
+    check_nic(nic, 0, ip)
+
+
 def test_instance_add(snf: Watcher) -> None:
     name, ip = "snf-9001", "198.51.100.41"
     job = add_instance(snf, name, ip)
@@ -117,12 +126,7 @@ def test_startup_reboot_shutdown(snf: Watcher) -> None:
     add_instance(snf, name, ip)
     snf.wait_net_status(name, "instance-add")
 
-    start = snf.gnt("gnt-instance", "startup", name)
-    check_op_messages(snf, start, instance=name, operation="OP_INSTANCE_STARTUP", final="success")
-    (net,) = snf.wait_net_status(name, "instance-start")
-    assert net["operation"] == "OP_INSTANCE_STARTUP"
-    (nic,) = net["nics"]
-    check_nic(nic, 0, ip)
+    check_started(snf, snf.gnt("gnt-instance", "startup", name), name, ip)
 
     reboot = snf.gnt("gnt-instance", "reboot", name)
     check_op_messages(snf, reboot, instance=name, operation="OP_INSTANCE_REBOOT", final="success")
@@ -175,10 +179,7 @@ def test_start_vetoed_by_a_pre_hook(snf: Watcher, start_veto: Any) -> None:
     assert snf.net_statuses(name, "instance-start") == []
 
     # without the veto the same start works and reports the NICs once
-    ok = snf.gnt("gnt-instance", "startup", name)
-    check_op_messages(snf, ok, instance=name, operation="OP_INSTANCE_STARTUP", final="success")
-    (net,) = snf.wait_net_status(name, "instance-start")
-    check_nic(net["nics"][0], 0, ip)
+    check_started(snf, snf.gnt("gnt-instance", "startup", name), name, ip)
 
 
 def test_instance_remove(snf: Watcher) -> None:
@@ -206,9 +207,7 @@ def test_restarted_daemon_catches_up(snf: Watcher) -> None:
         assert snf.spooled(), "the start hook's message should wait in the spool"
     finally:
         snf.start_eventd()
-    check_op_messages(snf, start, instance=name, operation="OP_INSTANCE_STARTUP", final="success")
-    (net,) = snf.wait_net_status(name, "instance-start")
-    check_nic(net["nics"][0], 0, ip)
+    check_started(snf, start, name, ip)
 
 
 def test_every_final_status_exactly_once(snf: Watcher) -> None:
