@@ -25,13 +25,14 @@ import struct
 import sys
 import termios
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import pyinotify
 
 from ganeti_hooks import jobqueue
 from snf_watcher import DEFAULT_CONFIG, __version__, config, config_path, logs
+from snf_watcher.delivery import DeliveryThread
 from snf_watcher.messages import split_time
 from snf_watcher.outbox import JobMark, JobRecord, Outbox, OutboxError
 
@@ -251,6 +252,8 @@ class EventDaemon:
         self.logged_problems: set[tuple[int, str]] = set()
         self.last_hwm_move = 0.0
         self.queue_missing_logged = False
+        self.stored: Callable[[], None] = lambda: None  # told when new messages are in the outbox
+        self.healthy: Callable[[], bool] = lambda: True  # False ends the run (the delivery thread died)
 
     # -------------------------------------------------------- master
 
@@ -333,6 +336,7 @@ class EventDaemon:
                 hwm = self.next_hwm(marks)
                 added += self.outbox.store_jobs(records, counters, hwm if hwm != self.hwm else None)
                 self.adopt(marks, hwm)
+                self.stored()
         return added
 
     def catch_up(self) -> None:
@@ -376,6 +380,7 @@ class EventDaemon:
     def ingest_spool(self) -> None:
         added = self.outbox.ingest_spool(self.spool_dir)
         if added:
+            self.stored()
             log.debug("%d hook/progress messages moved from the spool", added)
 
     # -------------------------------------------------------- loop
@@ -415,7 +420,7 @@ class EventDaemon:
             self.move_hwm()
 
     def run(self) -> None:
-        while not (self.control.stop or self.control.reload):
+        while not (self.control.stop or self.control.reload) and self.healthy():
             self.run_once(self.cfg.eventd.master_check_interval)
 
 
@@ -436,6 +441,16 @@ def take_lock(outbox_path: str) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def start_delivery(cfg: config.Config) -> DeliveryThread | None:
+    """Deliver from the outbox in a thread of this daemon, so events reach the database at once."""
+    if cfg.database.dsn is None:
+        log.warning("no database.dsn configured: events wait in the outbox until `snf-watcher deliver`")
+        return None
+    thread = DeliveryThread(cfg)
+    thread.start()
+    return thread
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -473,14 +488,23 @@ def main(argv: list[str] | None = None) -> int:
         watch = DirWatch()
         daemon = EventDaemon(cfg, outbox, watch, control)
         log.info("started (version %s, config %s, node %s)", __version__, path, daemon.node_name)
+        delivery = start_delivery(cfg)
+        if delivery is not None:
+            daemon.stored, daemon.healthy = delivery.wake.set, delivery.is_alive
         control.watch = watch
         try:
             daemon.run()
         finally:
             control.watch = None
+            if delivery is not None:
+                delivery.stop()
+                delivery.join()
             watch.close()
             outbox.close()
             os.close(lock)
+        if delivery is not None and not control.stop and not control.reload:
+            log.error("delivery stopped (%s); exiting so the service manager restarts us", delivery.failed)
+            return 1
         if control.reload:
             control.reload = False
             try:

@@ -64,11 +64,35 @@ class EventdConfig:
 
 
 @dataclass(frozen=True)
+class DatabaseConfig:
+    """Synnefo's (Cyclades') PostgreSQL database, where events are delivered."""
+
+    # A libpq connection string or URI, without the password, e.g.
+    # "host=db.example.org dbname=snf_apps user=cyclades". null: no delivery
+    # (events wait in the outbox).
+    dsn: str | None = None
+    # A file whose first line is the password. null: libpq finds it itself
+    # ($PGPASSFILE, ~/.pgpass, a service file named in the dsn).
+    password_file: str | None = None
+    # The db_backend id of this Ganeti cluster; required with a dsn. Rows of
+    # VMs on other backends are never touched.
+    backend_id: int | None = None
+    # Seconds to wait for a connection before counting the database as down.
+    connect_timeout: int = 10
+    # Outbox messages applied per database transaction.
+    batch_size: int = 500
+    # Longest wait, in seconds, between reconnection attempts while the
+    # database is down (the wait doubles from 1 s up to this).
+    max_retry_interval: float = 30.0
+
+
+@dataclass(frozen=True)
 class Config:
     ganeti: GanetiConfig = field(default_factory=GanetiConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eventd: EventdConfig = field(default_factory=EventdConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
     # Synnefo names the Ganeti instance of VM <id> "<instance_prefix><id>".
     instance_prefix: str = "snf-"
     # Set when loaded; not a key of the file.
@@ -96,7 +120,28 @@ def load(path: str = DEFAULT_PATH) -> Config:
 
 def from_mapping(data: Any, path: str = "<config>") -> Config:
     """Build a Config from parsed YAML; raise ConfigError naming file and key."""
-    return _build(Config, data, path, "")
+    cfg = _build(Config, data, path, "")
+    _check_database(cfg.database, path)
+    return cfg
+
+
+def _check_database(db: DatabaseConfig, path: str) -> None:
+    """Rules across keys: a backend id with a dsn, and no password inside the dsn."""
+    if db.dsn is None:
+        return
+    if db.backend_id is None:
+        raise ConfigError(f"{path}: database.backend_id: required when database.dsn is set")
+    from psycopg2.extensions import parse_dsn  # here: only configs with a database need it
+
+    try:
+        params = parse_dsn(db.dsn)
+    except Exception as e:  # noqa: BLE001 -- psycopg2 raises ProgrammingError with libpq's text
+        raise ConfigError(f"{path}: database.dsn: not a libpq connection string: {e}".strip()) from None
+    if "password" in params:
+        raise ConfigError(
+            f"{path}: database.dsn: holds a password; put it in database.password_file "
+            "or libpq's ~/.pgpass instead, so it is never shown or logged"
+        )
 
 
 def _build(cls: type, data: Any, path: str, prefix: str) -> Any:

@@ -96,3 +96,15 @@ def progress(instance: str, event: dict[str, object], event_time: Timestamp) -> 
     if kind == "image-copy-progress" and not isinstance(event.get("progress"), (int, float)):
         raise ValueError("image-copy-progress without a numeric 'progress'")
     return {**event, "instance": instance, "event_time": event_time}
+
+
+def describe(m: dict[str, object]) -> str:
+    """One line naming a message, for logs and listings."""
+    subject = m.get("instance") or m.get("network") or "?"
+    kind = m.get("type", "?")
+    if kind in (OP_STATUS, NETWORK_STATUS):
+        return f"{kind} {subject} job {m.get('jobId')} {m.get('operation')} {m.get('status')}"
+    if kind == NET_STATUS:
+        nics = m.get("nics")
+        return f"{kind} {subject} {len(nics) if isinstance(nics, list) else '?'} NICs ({m.get('hook')})"
+    return f"{kind} {subject}"

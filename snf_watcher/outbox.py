@@ -48,6 +48,16 @@ CREATE TABLE IF NOT EXISTS jobs (    -- jobs above the high-water mark
     error TEXT                       -- why the last read of its file failed
 );
 CREATE TABLE IF NOT EXISTS spooled (name TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS dead (     -- messages the database can never apply, kept for an operator
+    seq INTEGER PRIMARY KEY,         -- the seq it had in the outbox
+    key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT,
+    body TEXT NOT NULL,
+    created REAL NOT NULL,
+    error TEXT NOT NULL,             -- why it cannot apply
+    failed REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
@@ -64,6 +74,13 @@ class Entry:
     subject: str | None
     message: dict[str, Any]
     created: float
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    entry: Entry
+    error: str
+    failed: float
 
 
 @dataclass(frozen=True)
@@ -282,5 +299,46 @@ class Outbox:
 
     def ack(self, seqs: Iterable[int]) -> None:
         """Forget delivered messages; call only after the database committed them."""
+        self.settle(seqs, [], {})
+
+    def settle(self, done: Iterable[int], dead: list[tuple[int, str]], counters: dict[str, int]) -> None:
+        """After a database commit: forget what was delivered, set aside what never can be."""
+        now = time.time()
         with self.transaction() as db:
-            db.executemany("DELETE FROM outbox WHERE seq = ?", ((s,) for s in seqs))
+            db.executemany(
+                "INSERT OR REPLACE INTO dead (seq, key, kind, subject, body, created, error, failed) "
+                "SELECT seq, key, kind, subject, body, created, ?, ? FROM outbox WHERE seq = ?",
+                ((error, now, seq) for seq, error in dead),
+            )
+            db.executemany("DELETE FROM outbox WHERE seq = ?", ((s,) for s in [*done, *(s for s, _ in dead)]))
+            for name, n in counters.items():
+                if n:
+                    self.count(name, n)
+
+    def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
+        sql = "SELECT seq, key, kind, subject, body, created, error, failed FROM dead ORDER BY seq"
+        rows = self.db.execute(sql + " LIMIT ?", (limit,)) if limit else self.db.execute(sql)
+        return [
+            DeadLetter(Entry(seq, key, kind, subj, json.loads(body), created), error, failed)
+            for seq, key, kind, subj, body, created, error, failed in rows
+        ]
+
+    def dead_count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM dead").fetchone()[0]
+
+    def requeue(self, seqs: Iterable[int] | None = None) -> int:
+        """Put dead letters (all, or these) back at the end of the outbox; return how many moved."""
+        with self.transaction() as db:
+            if seqs is None:
+                chosen = [row[0] for row in db.execute("SELECT seq FROM dead ORDER BY seq")]
+            else:
+                chosen = sorted(set(seqs))
+            moved = 0
+            for seq in chosen:
+                moved += db.execute(
+                    "INSERT OR IGNORE INTO outbox (key, kind, subject, body, created) "
+                    "SELECT key, kind, subject, body, created FROM dead WHERE seq = ?",
+                    (seq,),
+                ).rowcount
+                db.execute("DELETE FROM dead WHERE seq = ?", (seq,))
+        return moved

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pgserver import pg_server, synnefo_db  # noqa: F401  (fixtures: a real PostgreSQL with the Synnefo seed)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ganeti-3.0.2"
 QUEUE = FIXTURES / "queue"

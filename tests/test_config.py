@@ -20,6 +20,12 @@ ALL_DEFAULTS = {
     "eventd.master_check_interval": 1.0,
     "eventd.batch_size": 500,
     "eventd.gap_grace": 300.0,
+    "database.dsn": None,
+    "database.password_file": None,
+    "database.backend_id": None,
+    "database.connect_timeout": 10,
+    "database.batch_size": 500,
+    "database.max_retry_interval": 30.0,
     "instance_prefix": "snf-",
 }
 
@@ -57,6 +63,13 @@ def test_values_are_read_and_ints_are_accepted_for_floats(tmp_path):
         ("ganeti:\n  queue_dir: ''\n", "ganeti.queue_dir: must not be empty"),
         ("- a list\n", "top level: expected a mapping, got a list"),
         ("ganeti: [unclosed\n", "not valid YAML"),
+        ("database:\n  dsn: dbname=cyclades\n", "database.backend_id: required when database.dsn is set"),
+        (
+            "database:\n  dsn: postgresql://cyclades:s3cret@db/cyclades\n  backend_id: 1\n",
+            "database.dsn: holds a password; put it in database.password_file",
+        ),
+        ("database:\n  dsn: \"host='x\"\n  backend_id: 1\n", "database.dsn: not a libpq connection string"),
+        ("database:\n  backend_id: one\n", "database.backend_id: expected int, got str 'one'"),
     ],
 )
 def test_mistakes_name_the_file_the_key_and_the_problem(tmp_path, text, message):

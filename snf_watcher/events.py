@@ -1,0 +1,288 @@
+"""Outbox messages as typed events for delivery, each with its place in time.
+
+`parse` turns one stored message into an event, a `Skip` (not ours to apply:
+a name without the instance prefix, a network that is not Synnefo's) or
+raises `BadMessage` (it can never apply: a missing field, a wrong type).
+
+The order key is what makes delivery converge: the master's event time, then
+job id, op index and status rank, then a digest of the message itself, so
+that any two distinct messages compare the same way wherever they come from
+and an exact duplicate compares equal. Hooks and the job queue daemon both
+stamp times with the master's clock; progress messages carry the clock of
+the node running snf-image, but they only ever compete with each other.
+
+Pure functions only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from snf_watcher import messages
+
+Key = tuple[int, int, int, int, int, int]  # sec, usec, job id, op index, status rank, digest
+
+STATUS_RANK = {
+    "queued": 0,
+    "waiting": 1,
+    "canceling": 2,
+    "running": 3,
+    "canceled": 4,
+    "success": 4,
+    "error": 4,
+}
+FINAL = frozenset({"success", "error", "canceled"})
+NIC_PREFIX = "snf-nic-"
+NETWORK_PREFIX = "snf-net-"
+
+
+class BadMessage(ValueError):
+    """The message can never be applied; the text says why (it goes to the dead letters)."""
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A message that is not for this database; logged and dropped."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class GanetiNic:
+    index: int
+    nic_id: int | None  # from the Ganeti NIC name snf-nic-<id>; None: a NIC Synnefo does not know
+    name: str | None
+    network_id: int | None  # from the Ganeti network name snf-net-<id>
+    mac: str | None
+    ipv4: str | None
+
+
+@dataclass(frozen=True)
+class OpStatus:
+    vm_id: int
+    key: Key
+    time: datetime
+    job_id: int
+    opcode: str
+    status: str
+    logmsg: str | None
+    resize: tuple[int | None, int | None] | None  # (vcpus, ram MiB) of a set-params, else None
+
+
+@dataclass(frozen=True)
+class NetStatus:
+    vm_id: int
+    key: Key
+    time: datetime
+    nics: tuple[GanetiNic, ...]
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    level: str
+    source: str
+    message: str
+    details: str | None
+
+
+@dataclass(frozen=True)
+class Progress:
+    vm_id: int
+    key: Key
+    time: datetime
+    percentage: int | None  # image-copy-progress
+    diagnostic: Diagnostic | None  # the others
+
+
+@dataclass(frozen=True)
+class NetworkStatus:
+    network_id: int
+    key: Key
+    time: datetime
+    job_id: int
+    opcode: str
+    status: str
+    logmsg: str | None
+
+
+VmEvent = OpStatus | NetStatus | Progress
+Event = VmEvent | NetworkStatus
+
+
+def parse(message: dict[str, Any], prefix: str) -> Event | Skip:
+    """The event a stored message stands for."""
+    if not isinstance(message, dict):
+        raise BadMessage(f"a message is a JSON object, not {type(message).__name__}")
+    kind = message.get("type")
+    if kind == messages.NETWORK_STATUS:
+        return _network_status(message)
+    name = _field(message, "instance", str)
+    vm_id = id_from_name(name, prefix)
+    if vm_id is None:
+        return Skip(f"instance {name!r} is not named {prefix}<id>")
+    if kind == messages.OP_STATUS:
+        return _op_status(message, vm_id)
+    if kind == messages.NET_STATUS:
+        return _net_status(message, vm_id)
+    if kind in messages.PROGRESS_TYPES:
+        return _progress(message, vm_id)
+    raise BadMessage(f"unknown message type {kind!r}")
+
+
+def id_from_name(name: str, prefix: str) -> int | None:
+    """Synnefo's rule: the prefix followed by digits only (snf-12 yes, snf-12a no)."""
+    if not name.startswith(prefix):
+        return None
+    rest = name[len(prefix) :]
+    return int(rest) if re.fullmatch(r"[0-9]+", rest) else None
+
+
+def order_key(message: dict[str, Any], time_pair: tuple[int, int]) -> Key:
+    digest = hashlib.blake2b(
+        json.dumps(message, sort_keys=True, separators=(",", ":")).encode(), digest_size=7
+    ).digest()
+    return (
+        time_pair[0],
+        time_pair[1],
+        _int_or_zero(message.get("jobId")),
+        _int_or_zero(message.get("opIndex")),
+        STATUS_RANK.get(message.get("status"), 0),  # type: ignore[arg-type]
+        int.from_bytes(digest, "big"),
+    )
+
+
+def key_time(key: Key) -> datetime:
+    return datetime.fromtimestamp(key[0] + key[1] / 1_000_000, UTC)
+
+
+def _int_or_zero(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _field(message: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = message.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise BadMessage(f"field {name!r} is {value!r}, expected {_kind_name(kind)}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def _time(message: dict[str, Any]) -> tuple[tuple[int, int], datetime]:
+    t = message.get("event_time")
+    if not (
+        isinstance(t, list)
+        and len(t) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in t)
+        and t[0] >= 0
+        and 0 <= t[1] < 1_000_000
+    ):
+        raise BadMessage(f"event_time is {t!r}, expected [seconds, microseconds]")
+    pair = (t[0], t[1])
+    return pair, datetime.fromtimestamp(t[0] + t[1] / 1_000_000, UTC)
+
+
+def _status_fields(message: dict[str, Any]) -> tuple[int, str, str, str | None]:
+    job_id = _field(message, "jobId", int)
+    if job_id < 0:
+        raise BadMessage(f"jobId is {job_id}, expected a job id")
+    opcode = _field(message, "operation", str)
+    status = _field(message, "status", str)
+    if status not in STATUS_RANK:
+        raise BadMessage(f"status {status!r} is not a Ganeti op status")
+    logmsg = message.get("logmsg")
+    return job_id, opcode, status, logmsg if isinstance(logmsg, str) else None
+
+
+def _op_status(message: dict[str, Any], vm_id: int) -> OpStatus:
+    pair, when = _time(message)
+    job_id, opcode, status, logmsg = _status_fields(message)
+    resize = None
+    fields = message.get("job_fields")
+    if opcode == "OP_INSTANCE_SET_PARAMS" and isinstance(fields, dict):
+        beparams = fields.get("beparams")
+        if isinstance(beparams, dict):
+            vcpus = beparams.get("vcpus")
+            ram = beparams.get("maxmem", beparams.get("memory"))
+            vcpus = vcpus if isinstance(vcpus, int) and not isinstance(vcpus, bool) else None
+            ram = ram if isinstance(ram, int) and not isinstance(ram, bool) else None
+            if vcpus is not None or ram is not None:
+                resize = (vcpus, ram)
+    return OpStatus(vm_id, order_key(message, pair), when, job_id, opcode, status, logmsg, resize)
+
+
+def _net_status(message: dict[str, Any], vm_id: int) -> NetStatus:
+    pair, when = _time(message)
+    raw = _field(message, "nics", list)
+    nics = []
+    for index, nic in enumerate(raw):
+        if not isinstance(nic, dict):
+            raise BadMessage(f"nics[{index}] is {nic!r}, expected an object")
+        name = _opt_str(nic, "name", index)
+        network = _opt_str(nic, "network", index)
+        nics.append(
+            GanetiNic(
+                index=index,
+                nic_id=id_from_name(name, NIC_PREFIX) if name else None,
+                name=name,
+                network_id=id_from_name(network, NETWORK_PREFIX) if network else None,
+                mac=_opt_str(nic, "mac", index),
+                ipv4=_opt_str(nic, "ip", index),
+            )
+        )
+    return NetStatus(vm_id, order_key(message, pair), when, tuple(nics))
+
+
+def _opt_str(nic: dict[str, Any], name: str, index: int) -> str | None:
+    value = nic.get(name)
+    if value is not None and not isinstance(value, str):
+        raise BadMessage(f"nics[{index}].{name} is {value!r}, expected a string")
+    return value or None
+
+
+def _progress(message: dict[str, Any], vm_id: int) -> Progress:
+    """Synnefo's rules for snf-image messages (logic/callbacks.py update_build_progress)."""
+    pair, when = _time(message)
+    key = order_key(message, pair)
+    kind = message["type"]
+    if kind == "image-copy-progress":
+        value = message.get("progress")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise BadMessage(f"progress is {value!r}, expected a non-negative number")
+        return Progress(vm_id, key, when, min(int(value), 100), None)
+    source, level = kind, "DEBUG"
+    text = message.get("messages", "")
+    if isinstance(text, list):
+        text = " ".join(str(t) for t in text)
+    text = text if isinstance(text, str) else str(text)
+    subtype = message.get("subtype")
+    if kind == "image-helper":
+        if subtype in ("task-start", "task-end"):
+            task = message.get("task")
+            text = task if isinstance(task, str) else text
+            source = f"{kind}-{subtype}"
+        level = {"warning": "WARNING", "error": "ERROR", "info": "INFO"}.get(subtype, level)  # type: ignore[arg-type]
+    level = {"image-error": "ERROR", "image-warning": "WARNING"}.get(kind, level)
+    if not text.strip():
+        text = " ".join(source.split("-")).capitalize()
+    details = message.get("stderr")
+    diagnostic = Diagnostic(level, source[:100], text[:255], details if isinstance(details, str) else None)
+    return Progress(vm_id, key, when, None, diagnostic)
+
+
+def _network_status(message: dict[str, Any]) -> NetworkStatus | Skip:
+    name = _field(message, "network", str)
+    network_id = id_from_name(name, NETWORK_PREFIX)
+    if network_id is None:
+        return Skip(f"network {name!r} is not named {NETWORK_PREFIX}<id>")
+    pair, when = _time(message)
+    job_id, opcode, status, logmsg = _status_fields(message)
+    return NetworkStatus(network_id, order_key(message, pair), when, job_id, opcode, status, logmsg)

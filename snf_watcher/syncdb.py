@@ -1,0 +1,555 @@
+"""The Synnefo database adapter: lock rows, fold events into them, write the result.
+
+One call of `Database.apply` is one transaction for a batch of events:
+
+1. lock the batch's VM rows, then its db_backendnetwork rows, each in id
+   order (every deliverer locks in the same order, so they cannot deadlock
+   each other), and read their order keys from `snf_watcher_order`;
+2. fold each row's events with apply.py, lock the NIC rows and IP pools the
+   plans touch (again in id order) and work out the NIC changes;
+3. write each row's plan inside its own savepoint. If the database refuses
+   a plan (a constraint, a value too long, an address outside every subnet),
+   that row's events are replayed one message per savepoint, and the message
+   that fails goes to the dead letters with the error; the rest commit.
+
+Constraints are checked per statement (`SET CONSTRAINTS ALL IMMEDIATE`):
+Synnefo's foreign keys are deferred, which would otherwise fail the whole
+batch at COMMIT instead of the one message that broke them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+from psycopg2.extras import Json
+
+from snf_watcher import apply, ippool
+from snf_watcher.config import DatabaseConfig
+from snf_watcher.events import BadMessage, Key, NetworkStatus, VmEvent
+
+log = logging.getLogger(__name__)
+
+ORDER_TABLE = """
+CREATE TABLE IF NOT EXISTS snf_watcher_order (
+    object    varchar(16) NOT NULL,  -- 'vm' (db_virtualmachine.id) or 'network' (db_backendnetwork.id)
+    object_id integer     NOT NULL,
+    keys      jsonb       NOT NULL,  -- aspect -> order key of the message that last wrote it
+    PRIMARY KEY (object, object_id)
+)"""
+
+VM_COLUMNS = (
+    "id",
+    "backend_id",
+    "userid",
+    "project",
+    "deleted",
+    "operstate",
+    "flavor_id",
+    "task",
+    "task_job_id",
+    "buildpercentage",
+    "backendjobid",
+    "backendopcode",
+    "backendjobstatus",
+    "backendlogmsg",
+    "backendtime",
+)
+NETWORK_COLUMNS = (
+    "id",
+    "network_id",
+    "deleted",
+    "operstate",
+    "backendjobid",
+    "backendopcode",
+    "backendjobstatus",
+    "backendlogmsg",
+    "backendtime",
+)
+READ_ONLY = frozenset({"id", "backend_id", "userid", "project", "network_id"})
+
+# Errors that belong to one message; anything else (connection, server shutdown,
+# deadlock, missing table) is the database's problem and the batch is retried.
+MESSAGE_ERRORS = (psycopg2.IntegrityError, psycopg2.DataError, BadMessage, ippool.PoolError)
+
+
+class DatabaseDown(Exception):
+    """The database cannot be reached or refused the batch for a reason not in any message."""
+
+
+@dataclass
+class BatchResult:
+    applied: list[Any] = field(default_factory=list)
+    skipped: list[tuple[Any, str]] = field(default_factory=list)
+    dead: list[tuple[Any, str]] = field(default_factory=list)
+
+
+def safe_dsn(dsn: str) -> str:
+    """The DSN as it may be logged: libpq's own parse, without any password."""
+    try:
+        params = psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.ProgrammingError:
+        return "<unparsable dsn>"
+    params.pop("password", None)
+    return psycopg2.extensions.make_dsn(**params)
+
+
+def read_password(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.readline().rstrip("\n")
+    except OSError as e:
+        raise DatabaseDown(f"cannot read database.password_file {path}: {e.strerror}") from None
+
+
+class Database:
+    """A connection to Synnefo's database and the batch transaction on it."""
+
+    def __init__(self, cfg: DatabaseConfig, clock: Any = None) -> None:
+        if cfg.dsn is None or cfg.backend_id is None:
+            raise ValueError("database.dsn and database.backend_id are required for delivery")
+        self.cfg = cfg
+        self.backend_id = cfg.backend_id
+        self.conn: psycopg2.extensions.connection | None = None
+        self.clock = clock or (lambda: datetime.now(UTC))
+
+    # -------------------------------------------------------- connection
+
+    def connect(self) -> None:
+        if self.conn is not None and not self.conn.closed:
+            return
+        kwargs: dict[str, Any] = {
+            "connect_timeout": self.cfg.connect_timeout,
+            "application_name": "snf-watcher",
+        }
+        if self.cfg.password_file:
+            kwargs["password"] = read_password(self.cfg.password_file)
+        try:
+            conn = psycopg2.connect(self.cfg.dsn, **kwargs)
+            with conn, conn.cursor() as cur:
+                cur.execute("SET TIME ZONE 'UTC'")
+                cur.execute(ORDER_TABLE)
+                cur.execute("SELECT 1 FROM db_backend WHERE id = %s", (self.backend_id,))
+                if cur.fetchone() is None:
+                    conn.close()
+                    raise DatabaseDown(f"database.backend_id {self.backend_id} is not in db_backend")
+        except psycopg2.Error as e:
+            raise DatabaseDown(_one_line(e)) from None
+        self.conn = conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    # -------------------------------------------------------- the batch
+
+    def apply(self, vm_events: Iterable[VmEvent], network_events: Iterable[NetworkStatus]) -> BatchResult:
+        """Apply a batch in one transaction; DatabaseDown when it could not commit."""
+        self.connect()
+        assert self.conn is not None
+        by_vm: dict[int, list[VmEvent]] = defaultdict(list)
+        for ev in vm_events:
+            by_vm[ev.vm_id].append(ev)
+        by_net: dict[int, list[NetworkStatus]] = defaultdict(list)
+        for nev in network_events:
+            by_net[nev.network_id].append(nev)
+        try:
+            with self.conn, self.conn.cursor() as cur:
+                cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                batch = _Batch(cur, self.backend_id, self.clock())
+                batch.vms(by_vm)
+                batch.networks(by_net)
+                return batch.result
+        except psycopg2.Error as e:
+            if isinstance(e, (psycopg2.OperationalError, psycopg2.InterfaceError)) or self.conn.closed:
+                self.close()
+            raise DatabaseDown(_one_line(e)) from None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+class _Batch:
+    """One transaction's work; `cur` is inside it."""
+
+    def __init__(self, cur: Any, backend_id: int, now: datetime) -> None:
+        self.cur = cur
+        self.backend_id = backend_id
+        self.now = now
+        self.result = BatchResult()
+        self.flavors: apply.Flavors | None = None
+        self.pools: dict[int, ippool.Pool] = {}  # locked IPv4 pools, as changed so far
+        self.pool_subnet: dict[int, int] = {}  # pool id -> subnet id
+        self.dirty_pools: set[int] = set()
+        self.loaded_keys: dict[tuple[str, int], dict[str, Key]] = {}
+        self.subnets: dict[int, list[tuple[int, str]]] = {}  # network id -> IPv4 (subnet id, cidr)
+        self.public: dict[int, bool] = {}  # network id -> public
+
+    # -------------------------------------------------------- VMs
+
+    def vms(self, by_vm: dict[int, list[VmEvent]]) -> None:
+        if not by_vm:
+            return
+        rows = self._lock("db_virtualmachine", VM_COLUMNS, "id = ANY(%s)", sorted(by_vm))
+        keys = self._keys("vm", list(rows))
+        self.flavors = self.flavors or self._flavors()
+        plans = {}
+        for vm_id in sorted(by_vm):
+            events = by_vm[vm_id]
+            row = rows.get(vm_id)
+            if row is None or row["backend_id"] != self.backend_id:
+                why = "no such VM" if row is None else f"VM {vm_id} is on backend {row['backend_id']}"
+                self.result.skipped += [(ev, why) for ev in events]
+                continue
+            plans[vm_id] = (row, apply.fold_vm(row, keys.get(vm_id, {}), events, self.flavors), events)
+        nic_vms = [vm_id for vm_id, (_, plan, _) in plans.items() if plan.nics is not None]
+        nics = self._nics(nic_vms)
+        self._lock_pools(
+            {n.network_id for rows_ in nics.values() for n in rows_} | self._plan_networks(plans)
+        )
+        for vm_id, (row, plan, events) in plans.items():
+            if self._savepoint(lambda row=row, plan=plan: self._write_vm(row, plan, nics.get(row["id"], []))):
+                self._collect(plan)
+            else:
+                self._one_by_one(vm_id, events)
+
+    def _plan_networks(self, plans: dict[int, Any]) -> set[int]:
+        return {
+            nic.network_id
+            for _, plan, _ in plans.values()
+            if plan.nics is not None
+            for nic in plan.nics.nics
+            if nic.network_id is not None
+        }
+
+    def _one_by_one(self, vm_id: int, events: list[VmEvent]) -> None:
+        """After a refused plan: each message in its own savepoint, against the row as it is now."""
+        for ev in sorted(events, key=lambda e: e.key):
+            error: list[str] = []
+
+            def attempt(ev: VmEvent = ev) -> apply.Plan:
+                row = self._lock("db_virtualmachine", VM_COLUMNS, "id = %s", vm_id)[vm_id]
+                assert self.flavors is not None
+                plan = apply.fold_vm(row, self._keys("vm", [vm_id]).get(vm_id, {}), [ev], self.flavors)
+                nics = self._nics([vm_id] if plan.nics is not None else [])
+                self._write_vm(row, plan, nics.get(vm_id, []))
+                return plan
+
+            plan = self._savepoint(attempt, error)
+            if plan:
+                self._collect(plan)
+            else:
+                self.result.dead.append((ev, error[0]))
+
+    def _collect(self, plan: apply.Plan) -> None:
+        self.result.applied += plan.applied
+        self.result.skipped += plan.skipped
+        self.result.dead += plan.dead
+
+    def _savepoint(self, work: Any, error: list[str] | None = None) -> Any:
+        """Run *work* in a savepoint; on a message's error roll it back and return None."""
+        pools, loaded = dict(self.pools), dict(self.loaded_keys)
+        self.cur.execute("SAVEPOINT snf_watcher")
+        try:
+            out = work()
+        except MESSAGE_ERRORS as e:
+            self.cur.execute("ROLLBACK TO SAVEPOINT snf_watcher")
+            self.pools, self.loaded_keys = pools, loaded
+            self.dirty_pools.clear()
+            if error is not None:
+                error.append(_one_line(e))
+            return None
+        self.cur.execute("RELEASE SAVEPOINT snf_watcher")
+        return out or True
+
+    def _write_vm(self, row: dict[str, Any], plan: apply.Plan, nic_rows: list[apply.NicRow]) -> apply.Plan:
+        vm_id = row["id"]
+        changes = {k: v for k, v in plan.columns.items() if k not in READ_ONLY and row[k] != v}
+        sql = []
+        if changes:
+            changes["updated"] = self.now
+            sets = ", ".join(f"{k} = %s" for k in changes)
+            sql.append(
+                self.cur.mogrify(
+                    f"UPDATE db_virtualmachine SET {sets} WHERE id = %s", [*changes.values(), vm_id]
+                )
+            )
+        if plan.keys != self.loaded_keys.get(("vm", vm_id), {}):
+            sql.append(self._upsert_keys("vm", vm_id, plan.keys))
+        if plan.volumes:
+            sql.append(self._volumes(vm_id, plan.volumes))
+        for diagnostic, when in plan.diagnostics:
+            sql.append(self._diagnostic(vm_id, diagnostic, when))
+        if sql:
+            self.cur.execute(b";".join(sql))
+        if plan.nics is not None:
+            self._write_nics(row, plan.nics, nic_rows)
+        return plan
+
+    def _volumes(self, vm_id: int, state: str) -> bytes:
+        if state == "DELETED":  # Synnefo: volumes go with the VM unless they are detachable
+            return self.cur.mogrify(
+                "UPDATE db_volume SET status = CASE WHEN delete_on_termination THEN 'DELETED' "
+                "ELSE 'AVAILABLE' END, deleted = delete_on_termination, machine_id = NULL, updated = %s "
+                "WHERE machine_id = %s AND NOT deleted",
+                (self.now, vm_id),
+            )
+        return self.cur.mogrify(
+            "UPDATE db_volume SET status = %s, updated = %s "
+            "WHERE machine_id = %s AND status = 'CREATING' AND NOT deleted",
+            (state, self.now, vm_id),
+        )
+
+    def _diagnostic(self, vm_id: int, d: Any, when: datetime) -> bytes:
+        """Insert a diagnostic unless this very one is there (a redelivered message)."""
+        return self.cur.mogrify(
+            "INSERT INTO db_virtualmachinediagnostic "
+            "(created, level, source, source_date, message, details, machine_id) "
+            "SELECT %s, %s, %s, %s, %s, %s, %s WHERE NOT EXISTS (SELECT 1 FROM db_virtualmachinediagnostic "
+            "WHERE machine_id = %s AND source = %s AND source_date = %s AND message = %s)",
+            (
+                self.now,
+                d.level,
+                d.source,
+                when,
+                d.message,
+                d.details,
+                vm_id,
+                vm_id,
+                d.source,
+                when,
+                d.message,
+            ),
+        )
+
+    # -------------------------------------------------------- NICs and addresses
+
+    def _nics(self, vm_ids: list[int]) -> dict[int, list[apply.NicRow]]:
+        if not vm_ids:
+            return {}
+        self.cur.execute(
+            'SELECT id, machine_id, network_id, "index", mac, state, created FROM db_networkinterface '
+            "WHERE machine_id = ANY(%s) ORDER BY id FOR UPDATE",
+            (sorted(vm_ids),),
+        )
+        nics = self.cur.fetchall()
+        ips: dict[int, list[apply.IpRow]] = defaultdict(list)
+        if nics:
+            self.cur.execute(
+                "SELECT id, nic_id, address, floating_ip, network_id, subnet_id FROM db_ipaddress "
+                "WHERE nic_id = ANY(%s) AND ipversion = 4 AND NOT deleted ORDER BY id FOR UPDATE",
+                ([n[0] for n in nics],),
+            )
+            for ip_id, nic_id, address, floating, network_id, subnet_id in self.cur.fetchall():
+                ips[nic_id].append(apply.IpRow(ip_id, address, floating, network_id, subnet_id))
+        out: dict[int, list[apply.NicRow]] = defaultdict(list)
+        for nic_id, vm_id, network_id, index, mac, state, created in nics:
+            out[vm_id].append(
+                apply.NicRow(nic_id, network_id, index, mac, state, created, tuple(ips[nic_id]))
+            )
+        return out
+
+    def _lock_pools(self, network_ids: set[int]) -> None:
+        """Lock the IPv4 pools of these networks in id order, and learn their subnets."""
+        todo = sorted(network_ids - self.public.keys())
+        if not todo:
+            return
+        self.cur.execute("SELECT id, public FROM db_network WHERE id = ANY(%s)", (todo,))
+        self.public.update(self.cur.fetchall())
+        self.cur.execute(
+            "SELECT id, network_id, cidr FROM db_subnet WHERE network_id = ANY(%s) AND ipversion = 4 "
+            "AND NOT deleted ORDER BY id",
+            (todo,),
+        )
+        subnet_ids = []
+        for subnet_id, network_id, cidr in self.cur.fetchall():
+            self.subnets.setdefault(network_id, []).append((subnet_id, cidr))
+            subnet_ids.append(subnet_id)
+        self.cur.execute(
+            'SELECT id, available_map, reserved_map, size, base, "offset", subnet_id FROM db_ippooltable '
+            "WHERE subnet_id = ANY(%s) ORDER BY id FOR UPDATE",
+            (subnet_ids,),
+        )
+        for *row, subnet_id in self.cur.fetchall():
+            self.pools[row[0]] = ippool.Pool(*row)
+            self.pool_subnet[row[0]] = subnet_id
+
+    def _write_nics(self, vm: dict[str, Any], plan: apply.NicsPlan, rows: list[apply.NicRow]) -> None:
+        if plan.kind == "match":  # a network Synnefo does not have is one we cannot attach a row to
+            nics = tuple(n if n.network_id in self.public else replace(n, network_id=None) for n in plan.nics)
+            plan = apply.NicsPlan(plan.kind, plan.time, nics)
+        changes = apply.nic_changes(plan, rows)
+        for text in changes.unknown:
+            log.warning("VM %d: Ganeti NIC not synced: %s", vm["id"], text)
+        cur = self.cur
+        for row in changes.remove:
+            for ip in row.ipv4:
+                self._release(vm, row, ip, f"remove ip from port {row.id}")
+            cur.execute(
+                "DELETE FROM db_networkinterface_security_groups WHERE networkinterface_id = %s", (row.id,)
+            )
+            cur.execute("DELETE FROM db_networkinterface WHERE id = %s", (row.id,))
+        for nic_id, columns in changes.update.items():
+            sets = ", ".join(f'"{k}" = %s' for k in columns)
+            cur.execute(
+                f"UPDATE db_networkinterface SET {sets}, updated = %s WHERE id = %s",
+                [*columns.values(), self.now, nic_id],
+            )
+        for row, address, network_id in changes.readdress:
+            for ip in row.ipv4:
+                self._release(vm, row, ip, f"change address of port {row.id}")
+            if address:
+                self._allocate(vm, row.id, address, network_id)
+        self._save_pools()
+
+    def _release(self, vm: dict[str, Any], nic: apply.NicRow, ip: apply.IpRow, reason: str) -> None:
+        """Synnefo's remove_nic_ips: a floating IP stays reserved, any other goes back to its pool."""
+        if ip.floating:
+            self.cur.execute(
+                "UPDATE db_ipaddress SET nic_id = NULL, updated = %s WHERE id = %s", (self.now, ip.id)
+            )
+        else:
+            self.cur.execute("DELETE FROM db_ipaddress WHERE id = %s", (ip.id,))
+            self._pool_change(ip.network_id, ip.address, ippool.release)
+        self._history(vm, ip.network_id, ip.address, "disassociate", reason)
+
+    def _allocate(self, vm: dict[str, Any], nic_id: int, address: str, network_id: int) -> None:
+        subnet = self._subnet_of(network_id, address)
+        self._pool_change(network_id, address, ippool.reserve)
+        self.cur.execute(
+            "INSERT INTO db_ipaddress (userid, project, shared_to_project, address, floating_ip, ipversion, "
+            "created, updated, deleted, network_id, nic_id, serial_id, subnet_id) "
+            "VALUES (%s, %s, false, %s, false, 4, %s, %s, false, %s, %s, NULL, %s)",
+            (vm["userid"], vm["project"], address, self.now, self.now, network_id, nic_id, subnet),
+        )
+        self._history(vm, network_id, address, "associate", f"change address of port {nic_id}")
+
+    def _subnet_of(self, network_id: int, address: str) -> int:
+        for subnet_id, cidr in self.subnets.get(network_id, []):
+            try:
+                if ipaddress.ip_address(address) in ipaddress.ip_network(cidr, strict=False):
+                    return subnet_id
+            except ValueError:
+                continue
+        raise BadMessage(f"address {address} is in no IPv4 subnet of network {network_id}")
+
+    def _pool_change(self, network_id: int, address: str, change: Any) -> None:
+        subnets = {s for s, _ in self.subnets.get(network_id, [])}
+        pool = ippool.pool_for([p for p in self.pools.values() if self.pool_subnet[p.id] in subnets], address)
+        if pool is not None:
+            self.pools[pool.id] = change(pool, address)
+            self.dirty_pools.add(pool.id)
+
+    def _history(self, vm: dict[str, Any], network_id: int, address: str, action: str, reason: str) -> None:
+        """Synnefo logs the (dis)association of public IPv4 addresses only."""
+        if not self.public.get(network_id):
+            return
+        self.cur.execute(
+            "INSERT INTO db_ipaddresshistory (address, server_id, network_id, user_id, action, "
+            "action_date, action_reason) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (address, vm["id"], network_id, vm["userid"], action, self.now, reason),
+        )
+
+    def _save_pools(self) -> None:
+        for pool_id in sorted(self.dirty_pools):
+            self.cur.execute(
+                "UPDATE db_ippooltable SET available_map = %s WHERE id = %s",
+                (self.pools[pool_id].available_map, pool_id),
+            )
+        self.dirty_pools.clear()
+
+    # -------------------------------------------------------- networks
+
+    def networks(self, by_net: dict[int, list[NetworkStatus]]) -> None:
+        if not by_net:
+            return
+        self._create_missing_backend_networks(sorted(by_net))
+        rows = {
+            r["network_id"]: r
+            for r in self._lock(
+                "db_backendnetwork",
+                NETWORK_COLUMNS,
+                "backend_id = %s AND network_id = ANY(%s)",
+                self.backend_id,
+                sorted(by_net),
+            ).values()
+        }
+        keys = self._keys("network", [r["id"] for r in rows.values()])
+        for network_id in sorted(by_net):
+            events = by_net[network_id]
+            row = rows.get(network_id)
+            if row is None:
+                self.result.skipped += [(ev, f"no network {network_id} in db_network") for ev in events]
+                continue
+            plan = apply.fold_network(row, keys.get(row["id"], {}), events)
+
+            def write(row: dict[str, Any] = row, plan: apply.Plan = plan) -> apply.Plan:
+                changes = {k: v for k, v in plan.columns.items() if k not in READ_ONLY and row[k] != v}
+                if changes:
+                    changes["updated"] = self.now
+                    sets = ", ".join(f"{k} = %s" for k in changes)
+                    self.cur.execute(
+                        f"UPDATE db_backendnetwork SET {sets} WHERE id = %s", [*changes.values(), row["id"]]
+                    )
+                self.cur.execute(self._upsert_keys("network", row["id"], plan.keys))
+                return plan
+
+            error: list[str] = []
+            if self._savepoint(write, error):
+                self._collect(plan)
+            else:
+                self.result.dead += [(ev, error[0]) for ev in events]
+
+    def _create_missing_backend_networks(self, network_ids: list[int]) -> None:
+        """Synnefo creates a network's per-backend row on its first message (get_or_create)."""
+        self.cur.execute(
+            "INSERT INTO db_backendnetwork (created, updated, deleted, mac_prefix, operstate, backendtime, "
+            "backend_id, network_id) "
+            "SELECT %s, %s, false, n.mac_prefix || to_hex(b.\"index\"), 'PENDING', '0001-01-01 00:00:00+00', "
+            "b.id, n.id FROM db_network n, db_backend b WHERE b.id = %s AND n.id = ANY(%s) AND NOT n.deleted "
+            "ORDER BY n.id ON CONFLICT (network_id, backend_id) DO NOTHING",
+            (self.now, self.now, self.backend_id, network_ids),
+        )
+
+    # -------------------------------------------------------- shared
+
+    def _lock(
+        self, table: str, columns: tuple[str, ...], where: str, *params: Any
+    ) -> dict[int, dict[str, Any]]:
+        cols = ", ".join(columns)
+        self.cur.execute(f"SELECT {cols} FROM {table} WHERE {where} ORDER BY id FOR UPDATE", params)
+        return {row[0]: dict(zip(columns, row, strict=True)) for row in self.cur.fetchall()}
+
+    def _keys(self, kind: str, ids: list[int]) -> dict[int, dict[str, Key]]:
+        if not ids:
+            return {}
+        self.cur.execute(
+            "SELECT object_id, keys FROM snf_watcher_order WHERE object = %s AND object_id = ANY(%s)",
+            (kind, ids),
+        )
+        out = {oid: {k: tuple(v) for k, v in keys.items()} for oid, keys in self.cur.fetchall()}
+        for oid in ids:
+            self.loaded_keys[(kind, oid)] = out.get(oid, {})
+        return out
+
+    def _upsert_keys(self, kind: str, object_id: int, keys: dict[str, Key]) -> bytes:
+        self.loaded_keys[(kind, object_id)] = keys
+        return self.cur.mogrify(
+            "INSERT INTO snf_watcher_order (object, object_id, keys) VALUES (%s, %s, %s) "
+            "ON CONFLICT (object, object_id) DO UPDATE SET keys = excluded.keys",
+            (kind, object_id, Json({k: list(v) for k, v in keys.items()})),
+        )
+
+    def _flavors(self) -> apply.Flavors:
+        self.cur.execute("SELECT id, cpu, ram, disk, volume_type_id FROM db_flavor")
+        return apply.Flavors(apply.Flavor(*row) for row in self.cur.fetchall())
