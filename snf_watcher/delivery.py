@@ -145,7 +145,12 @@ class Delivery:
         return totals
 
     def drain(self, should_stop: Callable[[], bool] = lambda: False) -> Totals:
-        """Deliver until the outbox is empty (or asked to stop). Raises DatabaseDown."""
+        """Deliver until the outbox is empty (or asked to stop). Raises DatabaseDown.
+
+        Connects even when nothing is pending, so a run from cron also tells
+        whether the database can be reached.
+        """
+        self.db.connect()
         totals = Totals()
         while not should_stop():
             got = self.batch()

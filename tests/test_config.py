@@ -68,7 +68,7 @@ def test_values_are_read_and_ints_are_accepted_for_floats(tmp_path):
             "database:\n  dsn: postgresql://cyclades:s3cret@db/cyclades\n  backend_id: 1\n",
             "database.dsn: holds a password; put it in database.password_file",
         ),
-        ("database:\n  dsn: \"host='x\"\n  backend_id: 1\n", "database.dsn: not a libpq connection string"),
+        ('database:\n  dsn: "host=\'x"\n  backend_id: 1\n', "database.dsn: not a libpq connection string"),
         ("database:\n  backend_id: one\n", "database.backend_id: expected int, got str 'one'"),
     ],
 )
