@@ -343,3 +343,43 @@ def test_an_inotify_buffer_splits_into_events_and_only_final_job_names_count():
     assert events[:2] == [RawEvent(1, moved_from, "job-10-8331-37.tmp"), RawEvent(1, moved_to, "job-10")]
     changes = classify(events, {"/q": 1, "/s": 2}, "/q", "/s")
     assert (changes.job_ids, changes.spool, changes.overflow) == ({10, 7}, True, True)
+
+
+def test_with_a_database_configured_events_and_hook_messages_reach_it(tmp_path, make_config, synnefo_db):
+    """eventd delivers by itself: a job's statuses and a hook's NIC list land in Synnefo's rows."""
+    config = make_config(database={"dsn": synnefo_db.dsn, "backend_id": 1})
+    for f in SSCONF.iterdir():
+        (tmp_path / "ssconf" / f.name).write_bytes(f.read_bytes())
+    writer = QueueWriter(tmp_path / "queue")
+    writer.set_serial(0)
+    d = Eventd(config).start()
+    try:
+        d.wait_log("delivering to")
+        for version, data in enumerate(job_versions(9), 1):  # a recorded startup, of VM 102 here
+            writer.write(9, data.replace(b"inst1.ganeti.test", b"snf-102"), version)
+        hook = {
+            "type": "ganeti-net-status",
+            "instance": "snf-102",
+            "event_time": [1795254549, 500000],
+            "nics": [
+                {
+                    "name": "snf-nic-203",
+                    "network": "snf-net-1",
+                    "ip": "203.0.113.3",
+                    "mac": "aa:00:00:77:00:01",
+                }
+            ],
+        }
+        spool.write(str(tmp_path / "spool"), hook)
+
+        def delivered() -> bool:
+            return synnefo_db.query(
+                "SELECT v.operstate, v.backendjobid, v.backendjobstatus, n.mac FROM db_virtualmachine v "
+                "JOIN db_networkinterface n ON n.machine_id = v.id WHERE v.id = 102"
+            ) == [("STARTED", 9, "success", "aa:00:00:77:00:01")]
+
+        wait_until(delivered, 20, "job 9 and the hook's NIC in VM 102's rows")
+        wait_until(lambda: Outbox(d.outbox).pending_count() == 0, 10, "an empty outbox")
+    finally:
+        d.stop()
+    assert d.proc.returncode == 0

@@ -1,0 +1,99 @@
+"""A real Ganeti cluster's operations reach Synnefo's database rows, through a delivering eventd.
+
+A second snf-ganeti-eventd (its own outbox, a database configured) watches
+the sandbox's queue beside the session's; `gnt-instance` drives VM 9200,
+which exists in a real PostgreSQL loaded with the Synnefo seed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import yaml
+from streams import add_vms
+
+from e2e.conftest import WAIT, _tail
+from e2e.test_ganeti_events import add_instance
+
+if TYPE_CHECKING:
+    from e2e.conftest import Watcher
+
+pytestmark = [pytest.mark.ganeti, pytest.mark.root]
+
+VM = 9200
+NAME = f"snf-{VM}"
+
+
+@pytest.fixture
+def delivering(snf: Watcher, synnefo_db, tmp_path: Path):
+    add_vms(synnefo_db, range(VM, VM + 1))
+    synnefo_db.query("UPDATE db_virtualmachine SET operstate = 'BUILD' WHERE id = %s", (VM,))
+    ganeti = yaml.safe_load(snf.config.read_text())["ganeti"]
+    config = tmp_path / "snf-watcher.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "ganeti": ganeti,
+                "outbox": {"path": str(tmp_path / "outbox.sqlite"), "spool_dir": str(tmp_path / "spool")},
+                "logging": {"target": "stderr", "level": "DEBUG"},
+                "database": {"dsn": synnefo_db.dsn, "backend_id": 1},
+            }
+        )
+    )
+    log = tmp_path / "eventd.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "snf-ganeti-eventd"), "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "delivering to" not in log.read_text() or "caught up" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the delivering eventd did not start:\n{_tail(log)}")
+            time.sleep(0.1)
+        yield log
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0, _tail(log)
+
+
+def wait_row(db, log: Path, expected: tuple, what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while True:
+        row = db.one(
+            "SELECT operstate, backendjobid, backendopcode, backendjobstatus, deleted FROM db_virtualmachine "
+            "WHERE id = %s",
+            (VM,),
+        )
+        if row == expected:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: VM {VM} is {row}, expected {expected} within {WAIT}s\n{_tail(log)}")
+        time.sleep(0.05)
+
+
+def test_gnt_instance_operations_are_reflected_in_the_vm_row(snf: Watcher, delivering: Path, synnefo_db):
+    create = add_instance(snf, NAME, "198.51.100.92")
+    wait_row(
+        synnefo_db, delivering, ("STARTED", create.job_id, "OP_INSTANCE_CREATE", "success", False), "create"
+    )
+    stop = snf.gnt("gnt-instance", "shutdown", "--timeout=0", NAME)
+    wait_row(
+        synnefo_db, delivering, ("STOPPED", stop.job_id, "OP_INSTANCE_SHUTDOWN", "success", False), "shutdown"
+    )
+    start = snf.gnt("gnt-instance", "startup", NAME)
+    wait_row(
+        synnefo_db, delivering, ("STARTED", start.job_id, "OP_INSTANCE_STARTUP", "success", False), "startup"
+    )
+    remove = snf.gnt("gnt-instance", "remove", "-f", NAME)
+    wait_row(
+        synnefo_db, delivering, ("DESTROYED", remove.job_id, "OP_INSTANCE_REMOVE", "success", True), "remove"
+    )
