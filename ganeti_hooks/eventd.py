@@ -446,7 +446,7 @@ def take_lock(outbox_path: str) -> int:
 def start_delivery(cfg: config.Config) -> DeliveryThread | None:
     """Deliver from the outbox in a thread of this daemon, so events reach the database at once."""
     if cfg.database.dsn is None:
-        log.warning("no database.dsn configured: events wait in the outbox until `snf-watcher deliver`")
+        log.info("no database.dsn configured: events wait in the outbox until `snf-watcher deliver`")
         return None
     thread = DeliveryThread(cfg)
     thread.start()

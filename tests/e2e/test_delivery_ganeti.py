@@ -1,12 +1,13 @@
 """A real Ganeti cluster's operations reach Synnefo's database rows, through a delivering eventd.
 
 A second snf-ganeti-eventd (its own outbox, a database configured) watches
-the sandbox's queue beside the session's; `gnt-instance` drives VM 9200,
+the sandbox's queue beside the session's; `gnt-instance` drives a VM (92xx)
 which exists in a real PostgreSQL loaded with the Synnefo seed.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ import pytest
 import yaml
 from streams import add_vms
 
-from e2e.conftest import WAIT, _tail
+from e2e.conftest import QUEUE_DIR, WAIT, _tail
 from e2e.test_ganeti_events import add_instance
 
 if TYPE_CHECKING:
@@ -25,14 +26,25 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.ganeti, pytest.mark.root]
 
-VM = 9200
-NAME = f"snf-{VM}"
+
+def unused_vm_id() -> int:
+    """A VM id no job in the queue (live or archived) has named: Synnefo never reuses ids, a
+    reused sandbox cluster may still hold jobs of an earlier session's instance of that name."""
+    used = set()
+    for path in Path(QUEUE_DIR).rglob("job-*"):
+        used.update(int(m) for m in re.findall(rb"snf-(92\d\d)\b", path.read_bytes()))
+    return min(set(range(9200, 9300)) - used)
 
 
 @pytest.fixture
-def delivering(snf: Watcher, synnefo_db, tmp_path: Path):
-    add_vms(synnefo_db, range(VM, VM + 1))
-    synnefo_db.query("UPDATE db_virtualmachine SET operstate = 'BUILD' WHERE id = %s", (VM,))
+def vm_id(snf: Watcher) -> int:
+    return unused_vm_id()
+
+
+@pytest.fixture
+def delivering(snf: Watcher, synnefo_db, tmp_path: Path, vm_id: int):
+    add_vms(synnefo_db, range(vm_id, vm_id + 1))
+    synnefo_db.query("UPDATE db_virtualmachine SET operstate = 'BUILD' WHERE id = %s", (vm_id,))
     ganeti = yaml.safe_load(snf.config.read_text())["ganeti"]
     config = tmp_path / "snf-watcher.yaml"
     config.write_text(
@@ -65,35 +77,54 @@ def delivering(snf: Watcher, synnefo_db, tmp_path: Path):
         assert proc.wait(timeout=30) == 0, _tail(log)
 
 
-def wait_row(db, log: Path, expected: tuple, what: str) -> None:
+def wait_row(db, log: Path, vm: int, expected: tuple, what: str) -> None:
     deadline = time.monotonic() + WAIT
     while True:
         row = db.one(
             "SELECT operstate, backendjobid, backendopcode, backendjobstatus, deleted FROM db_virtualmachine "
             "WHERE id = %s",
-            (VM,),
+            (vm,),
         )
         if row == expected:
             return
         if time.monotonic() > deadline:
-            pytest.fail(f"{what}: VM {VM} is {row}, expected {expected} within {WAIT}s\n{_tail(log)}")
+            pytest.fail(f"{what}: VM {vm} is {row}, expected {expected} within {WAIT}s\n{_tail(log)}")
         time.sleep(0.05)
 
 
-def test_gnt_instance_operations_are_reflected_in_the_vm_row(snf: Watcher, delivering: Path, synnefo_db):
-    create = add_instance(snf, NAME, "198.51.100.92")
+def test_gnt_instance_operations_are_reflected_in_the_vm_row(
+    snf: Watcher, delivering: Path, synnefo_db, vm_id
+):
+    name = f"snf-{vm_id}"
+    create = add_instance(snf, name, "198.51.100.92")
     wait_row(
-        synnefo_db, delivering, ("STARTED", create.job_id, "OP_INSTANCE_CREATE", "success", False), "create"
+        synnefo_db,
+        delivering,
+        vm_id,
+        ("STARTED", create.job_id, "OP_INSTANCE_CREATE", "success", False),
+        "create",
     )
-    stop = snf.gnt("gnt-instance", "shutdown", "--timeout=0", NAME)
+    stop = snf.gnt("gnt-instance", "shutdown", "--timeout=0", name)
     wait_row(
-        synnefo_db, delivering, ("STOPPED", stop.job_id, "OP_INSTANCE_SHUTDOWN", "success", False), "shutdown"
+        synnefo_db,
+        delivering,
+        vm_id,
+        ("STOPPED", stop.job_id, "OP_INSTANCE_SHUTDOWN", "success", False),
+        "shutdown",
     )
-    start = snf.gnt("gnt-instance", "startup", NAME)
+    start = snf.gnt("gnt-instance", "startup", name)
     wait_row(
-        synnefo_db, delivering, ("STARTED", start.job_id, "OP_INSTANCE_STARTUP", "success", False), "startup"
+        synnefo_db,
+        delivering,
+        vm_id,
+        ("STARTED", start.job_id, "OP_INSTANCE_STARTUP", "success", False),
+        "startup",
     )
-    remove = snf.gnt("gnt-instance", "remove", "-f", NAME)
+    remove = snf.gnt("gnt-instance", "remove", "-f", name)
     wait_row(
-        synnefo_db, delivering, ("DESTROYED", remove.job_id, "OP_INSTANCE_REMOVE", "success", True), "remove"
+        synnefo_db,
+        delivering,
+        vm_id,
+        ("DESTROYED", remove.job_id, "OP_INSTANCE_REMOVE", "success", True),
+        "remove",
     )
