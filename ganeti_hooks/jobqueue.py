@@ -20,19 +20,10 @@ JOB_NAME = re.compile(r"^job-(\d+)\Z")  # temp files also start with "job-"
 JOBS_PER_ARCHIVE_DIR = 10000  # Ganeti's JSTORE_JOBS_PER_ARCHIVE_DIRECTORY
 MAX_JOB_FILE = 64 * 1024 * 1024  # a job file bigger than this is refused unread
 
-# Op statuses in the order one op passes through them; a status is reported
-# only when it ranks above everything reported before for that op, so rewrites
-# and replays never report one twice. canceling and running are alternatives.
-STATUS_RANK = {
-    "queued": 0,
-    "waiting": 1,
-    "canceling": 2,
-    "running": 3,
-    "canceled": 4,
-    "success": 4,
-    "error": 4,
-}
-FINAL_STATUSES = frozenset({"canceled", "success", "error"})
+# A status is reported only when it ranks above everything reported before for
+# its op (messages.STATUS_RANK), so rewrites and replays never report one twice.
+STATUS_RANK = messages.STATUS_RANK
+FINAL_STATUSES = messages.FINAL_STATUSES
 NOTHING_REPORTED = -1
 
 Timestamp = list[int]

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from snf_watcher.events import FINAL, BadMessage, GanetiNic, Key, NetStatus, NetworkStatus, OpStatus, Progress
+from snf_watcher.events import BadMessage, GanetiNic, Key, NetStatus, NetworkStatus, OpStatus, Progress
+from snf_watcher.messages import FINAL_STATUSES
 
 NO_KEY: Key = (-1, 0, 0, 0, 0, 0)
 OPER_ON_SUCCESS = {
@@ -146,7 +147,7 @@ def _op_status(plan: Plan, ev: OpStatus, flavors: Flavors) -> None:
     if removal or plan.newer("job", ev.key):
         cols.update(zip(JOB_COLUMNS, (ev.job_id, ev.opcode, ev.status, ev.logmsg), strict=True))
         plan.keys["job"] = ev.key
-    if ev.status in FINAL and cols["task_job_id"] == ev.job_id:
+    if ev.status in FINAL_STATUSES and cols["task_job_id"] == ev.job_id:
         cols["task"] = cols["task_job_id"] = None
     if removal:  # terminal: Ganeti has no instance any more (an ERROR VM's remove fails for that reason)
         cols.update(operstate="DESTROYED", deleted=True, backendtime=ev.time)
@@ -160,7 +161,7 @@ def _op_status(plan: Plan, ev: OpStatus, flavors: Flavors) -> None:
         state = "ERROR"
     if state and plan.newer("oper", ev.key):
         cols["operstate"], plan.keys["oper"] = state, ev.key
-    if creating and ev.status in FINAL and plan.newer("volumes", ev.key):
+    if creating and ev.status in FINAL_STATUSES and plan.newer("volumes", ev.key):
         plan.volumes, plan.keys["volumes"] = ("IN_USE" if ev.status == "success" else "ERROR"), ev.key
     if creating and ev.status in FAILED and plan.newer("nics", ev.key):
         plan.nics, plan.keys["nics"] = NicsPlan("error", ev.time), ev.key

@@ -27,16 +27,6 @@ from snf_watcher import messages
 
 Key = tuple[int, int, int, int, int, int]  # sec, usec, job id, op index, status rank, digest
 
-STATUS_RANK = {
-    "queued": 0,
-    "waiting": 1,
-    "canceling": 2,
-    "running": 3,
-    "canceled": 4,
-    "success": 4,
-    "error": 4,
-}
-FINAL = frozenset({"success", "error", "canceled"})
 NIC_PREFIX = "snf-nic-"
 NETWORK_PREFIX = "snf-net-"
 
@@ -151,7 +141,7 @@ def order_key(message: dict[str, Any], time_pair: tuple[int, int]) -> Key:
         time_pair[1],
         _int_or_zero(message.get("jobId")),
         _int_or_zero(message.get("opIndex")),
-        STATUS_RANK.get(message.get("status"), 0),  # type: ignore[arg-type]
+        messages.STATUS_RANK.get(message.get("status"), 0),  # type: ignore[arg-type]
         int.from_bytes(digest, "big"),
     )
 
@@ -196,7 +186,7 @@ def _status_fields(message: dict[str, Any]) -> tuple[int, str, str, str | None]:
         raise BadMessage(f"jobId is {job_id}, expected a job id")
     opcode = _field(message, "operation", str)
     status = _field(message, "status", str)
-    if status not in STATUS_RANK:
+    if status not in messages.STATUS_RANK:
         raise BadMessage(f"status {status!r} is not a Ganeti op status")
     logmsg = message.get("logmsg")
     return job_id, opcode, status, logmsg if isinstance(logmsg, str) else None

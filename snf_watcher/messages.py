@@ -20,6 +20,20 @@ PROGRESS_TYPES = frozenset(
 
 Timestamp = list[int]  # [seconds, microseconds], as Ganeti writes them
 
+# Ganeti's op statuses in the order one op passes through them (canceling and
+# running are alternatives). The producer reports a status only when it ranks
+# above what it reported for that op; delivery orders a stream by it.
+STATUS_RANK = {
+    "queued": 0,
+    "waiting": 1,
+    "canceling": 2,
+    "running": 3,
+    "canceled": 4,
+    "success": 4,
+    "error": 4,
+}
+FINAL_STATUSES = frozenset({"canceled", "success", "error"})
+
 
 def split_time(seconds: float) -> Timestamp:
     """A float epoch as Ganeti's [sec, usec] pair."""
