@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import pyinotify
 
 from ganeti_hooks import jobqueue
-from snf_watcher import DEFAULT_CONFIG, __version__, config, config_path, logs
+from snf_watcher import DEFAULT_CONFIG, __version__, config, config_path, lockfile, logs
 from snf_watcher.delivery import DeliveryThread
 from snf_watcher.messages import split_time
 from snf_watcher.outbox import JobMark, JobRecord, Outbox, OutboxError
@@ -428,19 +428,11 @@ class EventDaemon:
 
 
 def take_lock(outbox_path: str) -> int:
-    """One daemon per outbox; the kernel drops the lock when the process dies, even by SIGKILL."""
-    path = outbox_path + ".eventd.lock"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    """One daemon per outbox."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise OutboxError(f"another snf-ganeti-eventd (pid {holder}) is using {outbox_path}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+        return lockfile.take(outbox_path + ".eventd.lock")
+    except lockfile.LockBusy as e:
+        raise OutboxError(f"another snf-ganeti-eventd (pid {e.holder}) is using {outbox_path}") from None
 
 
 def start_delivery(cfg: config.Config) -> DeliveryThread | None:

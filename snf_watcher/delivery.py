@@ -17,7 +17,6 @@ messages are stored) and by `snf-watcher deliver` (once, until empty).
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
@@ -25,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from snf_watcher import events
+from snf_watcher import events, lockfile
 from snf_watcher.config import Config
 from snf_watcher.messages import describe
 from snf_watcher.outbox import Outbox, OutboxError
@@ -169,18 +168,10 @@ class DeliveryBusy(Exception):
 
 def take_delivery_lock(outbox_path: str) -> int:
     """One deliverer per outbox at a time: two would only fight over the same rows."""
-    path = outbox_path + ".deliver.lock"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise DeliveryBusy(f"another process ({holder}) is delivering from {outbox_path}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
-    return fd
+        return lockfile.take(outbox_path + ".deliver.lock")
+    except lockfile.LockBusy as e:
+        raise DeliveryBusy(f"another process (pid {e.holder}) is delivering from {outbox_path}") from None
 
 
 class DeliveryThread(threading.Thread):
