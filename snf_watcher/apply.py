@@ -18,7 +18,7 @@ Pure functions only: rows in, plans out; syncdb.py does the I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -112,22 +112,30 @@ class Plan:
 
 def fold_vm(columns: dict[str, Any], keys: dict[str, Key], events: Iterable[Any], flavors: Flavors) -> Plan:
     """Apply a VM's events in key order to its row; *columns* are the row's current values."""
+    return _fold(columns, keys, events, f"VM {columns['id']}", lambda plan, ev: _vm_event(plan, ev, flavors))
+
+
+def fold_network(columns: dict[str, Any], keys: dict[str, Key], events: Iterable[NetworkStatus]) -> Plan:
+    """Apply a network's events in key order to its db_backendnetwork row."""
+    return _fold(columns, keys, events, f"network {columns['network_id']} on this backend", _network_status)
+
+
+def _fold(
+    columns: dict[str, Any],
+    keys: dict[str, Key],
+    events: Iterable[Any],
+    what: str,
+    step: Callable[[Plan, Any], None],
+) -> Plan:
+    """The loop both folds share: key order, nothing after a removal, bad messages set aside."""
     plan = Plan(dict(columns), dict(keys))
     for ev in sorted(events, key=lambda e: e.key):
-        why = plan.ignored(ev.key, f"VM {columns['id']}")
+        why = plan.ignored(ev.key, what)
         if why:
             plan.skipped.append((ev, why))
             continue
         try:
-            if isinstance(ev, OpStatus):
-                _op_status(plan, ev, flavors)
-            elif isinstance(ev, NetStatus):
-                if plan.newer("nics", ev.key):
-                    plan.nics, plan.keys["nics"] = NicsPlan("match", ev.time, ev.nics), ev.key
-            elif isinstance(ev, Progress):
-                _progress(plan, ev)
-            else:
-                raise BadMessage(f"{type(ev).__name__} is not a VM event")
+            step(plan, ev)
         except BadMessage as e:
             plan.dead.append((ev, str(e)))
             continue
@@ -136,20 +144,43 @@ def fold_vm(columns: dict[str, Any], keys: dict[str, Key], events: Iterable[Any]
     return plan
 
 
+def _vm_event(plan: Plan, ev: Any, flavors: Flavors) -> None:
+    if isinstance(ev, OpStatus):
+        _op_status(plan, ev, flavors)
+    elif isinstance(ev, NetStatus):
+        if plan.newer("nics", ev.key):
+            plan.nics, plan.keys["nics"] = NicsPlan("match", ev.time, ev.nics), ev.key
+    elif isinstance(ev, Progress):
+        _progress(plan, ev)
+    else:
+        raise BadMessage(f"{type(ev).__name__} is not a VM event")
+
+
+def _job(plan: Plan, ev: OpStatus | NetworkStatus, remove_opcode: str) -> bool:
+    """Record the op in the row's backendjob* columns; True when it removes the row.
+
+    A remove that fails for a row in ERROR removes it too: Ganeti has no such
+    object, which is why the remove failed (Synnefo's rule). A removal is
+    terminal, so it writes the job columns whatever their key.
+    """
+    removal = ev.opcode == remove_opcode and (
+        ev.status == "success" or (ev.status == "error" and plan.columns["operstate"] == "ERROR")
+    )
+    if removal or plan.newer("job", ev.key):
+        plan.columns.update(zip(JOB_COLUMNS, (ev.job_id, ev.opcode, ev.status, ev.logmsg), strict=True))
+        plan.keys["job"] = ev.key
+    return removal
+
+
 def _op_status(plan: Plan, ev: OpStatus, flavors: Flavors) -> None:
     cols = plan.columns
     flavor = None
     if ev.resize and ev.status == "success" and plan.newer("flavor", ev.key):
         flavor = flavors.resized(cols["flavor_id"], *ev.resize)  # first: an unknown flavor applies nothing
-    removal = ev.opcode == "OP_INSTANCE_REMOVE" and (
-        ev.status == "success" or (ev.status == "error" and cols["operstate"] == "ERROR")
-    )
-    if removal or plan.newer("job", ev.key):
-        cols.update(zip(JOB_COLUMNS, (ev.job_id, ev.opcode, ev.status, ev.logmsg), strict=True))
-        plan.keys["job"] = ev.key
+    removal = _job(plan, ev, "OP_INSTANCE_REMOVE")
     if ev.status in FINAL_STATUSES and cols["task_job_id"] == ev.job_id:
         cols["task"] = cols["task_job_id"] = None
-    if removal:  # terminal: Ganeti has no instance any more (an ERROR VM's remove fails for that reason)
+    if removal:
         cols.update(operstate="DESTROYED", deleted=True, backendtime=ev.time)
         plan.nics, plan.volumes = NicsPlan("remove", ev.time), "DELETED"
         for aspect in ("oper", "nics", "volumes", "removed"):
@@ -177,33 +208,16 @@ def _progress(plan: Plan, ev: Progress) -> None:
         plan.diagnostics.append((ev.diagnostic, ev.time))
 
 
-def fold_network(columns: dict[str, Any], keys: dict[str, Key], events: Iterable[NetworkStatus]) -> Plan:
-    """Apply a network's events in key order to its db_backendnetwork row."""
-    plan = Plan(dict(columns), dict(keys))
-    for ev in sorted(events, key=lambda e: e.key):
-        why = plan.ignored(ev.key, f"network {ev.network_id} on this backend")
-        if why:
-            plan.skipped.append((ev, why))
-            continue
-        cols = plan.columns
-        removal = ev.opcode == "OP_NETWORK_REMOVE" and (
-            ev.status == "success" or (ev.status == "error" and cols["operstate"] == "ERROR")
-        )
-        if removal or plan.newer("job", ev.key):
-            cols.update(zip(JOB_COLUMNS, (ev.job_id, ev.opcode, ev.status, ev.logmsg), strict=True))
-            plan.keys["job"] = ev.key
-        if removal:
-            cols.update(operstate="DELETED", deleted=True, backendtime=ev.time)
-            plan.keys["oper"] = plan.keys["removed"] = ev.key
-        else:
-            state = NETWORK_OPER_ON_SUCCESS.get(ev.opcode) if ev.status == "success" else None
-            if ev.opcode == "OP_NETWORK_ADD" and ev.status in FAILED:
-                state = "ERROR"
-            if state and plan.newer("oper", ev.key):
-                cols["operstate"], plan.keys["oper"] = state, ev.key
-        plan.applied.append(ev)
-        cols["backendtime"] = max(cols["backendtime"], ev.time)
-    return plan
+def _network_status(plan: Plan, ev: NetworkStatus) -> None:
+    if _job(plan, ev, "OP_NETWORK_REMOVE"):
+        plan.columns.update(operstate="DELETED", deleted=True, backendtime=ev.time)
+        plan.keys["oper"] = plan.keys["removed"] = ev.key
+        return
+    state = NETWORK_OPER_ON_SUCCESS.get(ev.opcode) if ev.status == "success" else None
+    if ev.opcode == "OP_NETWORK_ADD" and ev.status in FAILED:
+        state = "ERROR"
+    if state and plan.newer("oper", ev.key):
+        plan.columns["operstate"], plan.keys["oper"] = state, ev.key
 
 
 # ---------------------------------------------------------------- NICs

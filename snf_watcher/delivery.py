@@ -55,12 +55,10 @@ class Outage:
     since: float | None = None
     wait: float = 0.0
     attempts: int = 0
-    last_error: str = ""
 
     def failed(self, error: str, now: float, pending: int) -> float:
         """Record a failed attempt; return the seconds to wait. Logs only the first failure."""
         self.attempts += 1
-        self.last_error = error
         if self.since is None:
             self.since = now
             log.error(

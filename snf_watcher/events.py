@@ -146,10 +146,6 @@ def order_key(message: dict[str, Any], time_pair: tuple[int, int]) -> Key:
     )
 
 
-def key_time(key: Key) -> datetime:
-    return datetime.fromtimestamp(key[0] + key[1] / 1_000_000, UTC)
-
-
 def _int_or_zero(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
