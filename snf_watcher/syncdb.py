@@ -34,7 +34,7 @@ from psycopg2.extras import Json
 
 from snf_watcher import apply, ippool
 from snf_watcher.config import DatabaseConfig
-from snf_watcher.events import BadMessage, Key, NetworkStatus, VmEvent
+from snf_watcher.events import BadMessage, Key, NetworkStatus, OpStatus, VmEvent
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class _Batch:
         self.backend_id = backend_id
         self.now = now
         self.result = BatchResult()
-        self.flavors: apply.Flavors | None = None
+        self.flavors = apply.Flavors(())  # read only for a batch with a resize: most have none
         self.pools: dict[int, ippool.Pool] = {}  # locked IPv4 pools, as changed so far
         self.pool_subnet: dict[int, int] = {}  # pool id -> subnet id
         self.dirty_pools: set[int] = set()
@@ -202,7 +202,8 @@ class _Batch:
             return
         rows = self._lock("db_virtualmachine", VM_COLUMNS, "id = ANY(%s)", sorted(by_vm))
         keys = self._keys("vm", list(rows))
-        self.flavors = self.flavors or self._flavors()
+        if any(isinstance(ev, OpStatus) and ev.resize for events in by_vm.values() for ev in events):
+            self.flavors = self._flavors()
         plans = {}
         for vm_id in sorted(by_vm):
             events = by_vm[vm_id]
@@ -239,7 +240,6 @@ class _Batch:
 
             def attempt(ev: VmEvent = ev) -> apply.Plan:
                 row = self._lock("db_virtualmachine", VM_COLUMNS, "id = %s", vm_id)[vm_id]
-                assert self.flavors is not None
                 plan = apply.fold_vm(row, self._keys("vm", [vm_id]).get(vm_id, {}), [ev], self.flavors)
                 nics = self._nics([vm_id] if plan.nics is not None else [])
                 self._write_vm(row, plan, nics.get(vm_id, []))
