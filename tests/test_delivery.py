@@ -327,6 +327,25 @@ def test_a_constraint_violation_is_a_dead_letter_and_the_batch_goes_on(cfg, synn
     assert vm(synnefo_db, 102)["operstate"] == "STARTED"
 
 
+def test_a_value_the_column_refuses_is_a_dead_letter_and_the_other_vms_apply(cfg, synnefo_db):
+    """backendopcode is varchar(30): the batch's one UPDATE fails, then each VM and message alone."""
+    shutdown = job_messages(17, INST1)
+    shutdown[-1]["operation"] = "OP_INSTANCE_SHUTDOWN_WITH_A_LONG_NAME"
+    others = [
+        *job_messages(17, {"inst1.ganeti.test": "snf-102"}),
+        *job_messages(9, {"inst1.ganeti.test": "snf-104"}),
+    ]
+    box = deliver(cfg, [*shutdown, *others])
+    (letter,) = box.dead_letters()
+    assert letter.entry.message == shutdown[-1]
+    assert "value too long for type character varying(30)" in letter.error
+    assert vm(synnefo_db, 101)["backendjobstatus"] == "running"  # the job's earlier messages applied
+    assert vm(synnefo_db, 101)["operstate"] == "STARTED"
+    assert vm(synnefo_db, 102)["backendjobstatus"] == "success"
+    assert vm(synnefo_db, 104)["backendjobstatus"] == others[-1]["status"]
+    assert box.pending_count() == 0
+
+
 # ---------------------------------------------------------------- progress
 
 
