@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures" / "ganeti-3.0.2"
@@ -239,6 +240,16 @@ def check_final_rows(
 
 
 # ---------------------------------------------------------------- timing and reporting
+
+
+def vm_job_rows(db: Any, vm_ids: list[int]) -> dict[int, tuple[str, int, str]]:
+    """(operstate, backendjobid, backendjobstatus) of these VMs in a tests/pgserver.py SynnefoDb."""
+    rows = db.query(
+        "SELECT id, operstate, backendjobid, backendjobstatus FROM db_virtualmachine WHERE id = ANY(%s)",
+        (vm_ids,),
+    )
+    db.close()
+    return {vm: (oper, job, status) for vm, oper, job, status in rows}
 
 
 def remove_unless_kept(root: Path, keep: bool) -> None:

@@ -395,6 +395,23 @@ class SynnefoDb:
             raise AssertionError(f"expected exactly one row, got {len(rows)}: {rows[:5]!r}\n{statement}")
         return rows[0]
 
+    def add_vms(self, ids: range) -> None:
+        """Extra STOPPED VMs on backend 1, copies of seed VM 102 without NICs (for big streams)."""
+        self.query(
+            "INSERT INTO db_virtualmachine (id, name, userid, project, shared_to_project, backend_hash, "
+            "created, updated, imageid, image_version, hostid, deleted, suspended, helper, action, "
+            "operstate, backendjobid, backendopcode, backendjobstatus, backendlogmsg, buildpercentage, "
+            "backendtime, task, task_job_id, backend_id, flavor_id, serial_id, key_names, rescue, "
+            "rescue_image_id, rescue_properties_id) "
+            "SELECT i, 'vm-' || i, userid, project, shared_to_project, backend_hash, created, updated, "
+            "imageid, image_version, hostid, deleted, suspended, helper, action, operstate, "
+            "backendjobid, backendopcode, backendjobstatus, backendlogmsg, buildpercentage, backendtime, "
+            "task, task_job_id, backend_id, flavor_id, NULL, key_names, rescue, rescue_image_id, NULL "
+            "FROM db_virtualmachine, generate_series(%s, %s) AS i WHERE id = 102",
+            (ids.start, ids.stop - 1),
+        )
+        self.query("ANALYZE db_virtualmachine")  # the planner then knows the table is big
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()

@@ -81,23 +81,6 @@ def store(outbox_path: str, spool_dir: str, messages: list[Message]) -> None:
         box.close()
 
 
-def add_vms(db, ids: range) -> None:
-    """Extra STOPPED VMs on backend 1, copies of seed VM 102 without NICs (for big streams)."""
-    db.query(
-        "INSERT INTO db_virtualmachine (id, name, userid, project, shared_to_project, backend_hash, "
-        "created, updated, imageid, image_version, hostid, deleted, suspended, helper, action, operstate, "
-        "backendjobid, "
-        "backendopcode, backendjobstatus, backendlogmsg, buildpercentage, backendtime, task, task_job_id, "
-        "backend_id, flavor_id, serial_id, key_names, rescue, rescue_image_id, rescue_properties_id) "
-        "SELECT i, 'vm-' || i, userid, project, shared_to_project, backend_hash, created, updated, imageid, "
-        "image_version, hostid, deleted, suspended, helper, action, operstate, backendjobid, backendopcode, "
-        "backendjobstatus, backendlogmsg, buildpercentage, backendtime, task, task_job_id, backend_id, "
-        "flavor_id, NULL, key_names, rescue, rescue_image_id, NULL "
-        "FROM db_virtualmachine, generate_series(%s, %s) AS i WHERE id = 102",
-        (ids.start, ids.stop - 1),
-    )
-
-
 def busy_cluster(vm_ids: list[int], jobs_per_vm: int, first_job: int = 1000) -> list[Message]:
     """Recorded startup (job 9) and shutdown (job 17) streams, replayed for many VMs, interleaved.
 

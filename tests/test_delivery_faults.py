@@ -11,8 +11,8 @@ import time
 
 import pytest
 from conftest import command
-from pgserver import PgServer
-from streams import add_vms, busy_cluster, store
+from pgserver import PgServer, SynnefoDb
+from streams import busy_cluster, store
 
 from snf_watcher import config
 from snf_watcher.delivery import DeliveryThread
@@ -42,7 +42,7 @@ def expect_final_states(db, vm_ids: list[int], jobs_per_vm: int, first_job: int)
 
 def test_sigkill_of_the_deliverer_at_random_moments_loses_and_doubles_nothing(make_config, synnefo_db):
     vm_ids = list(range(1000, 1200))
-    add_vms(synnefo_db, range(1000, 1200))
+    synnefo_db.add_vms(range(1000, 1200))
     stream = busy_cluster(vm_ids, jobs_per_vm=6)
     diagnostics = [
         {
@@ -102,17 +102,9 @@ def own_server():
 
 def test_database_stopped_mid_stream_then_back_every_message_applied(own_server, make_config, caplog):
     name = own_server.new_database()
-    conn = own_server.connect(name)
-
-    class Db:
-        def query(self, sql, params=None):
-            with conn.cursor() as cur:
-                cur.execute(sql, params)
-                return cur.fetchall() if cur.description else []
-
-    db = Db()
+    db = SynnefoDb(name=name, dsn=own_server.dsn(name), server=own_server)
     vm_ids = list(range(1000, 1250))
-    add_vms(db, range(1000, 1250))
+    db.add_vms(range(1000, 1250))
     stream = busy_cluster(vm_ids, jobs_per_vm=5)
     assert len(stream) == 5000
     cfg = config.load(
@@ -135,7 +127,7 @@ def test_database_stopped_mid_stream_then_back_every_message_applied(own_server,
             thread.wake.set()
             if n == 6:  # 1,750 messages in: the database goes away while the stream goes on
                 wait_until(lambda: pending(cfg) == 0, 30)
-                conn.close()
+                db.close()
                 own_server.stop("immediate")
             if n == 14:
                 time.sleep(3)  # several failed attempts, with backoff
@@ -147,14 +139,13 @@ def test_database_stopped_mid_stream_then_back_every_message_applied(own_server,
         thread.stop()
         thread.join(10)
     assert thread.failed is None
-    conn = own_server.connect(name)
     expect_final_states(db, vm_ids, 5, 1000)
     lines = [r.getMessage() for r in caplog.records if r.name == "snf-watcher.delivery"]
     down = [line for line in lines if line.startswith("database unavailable")]
     up = [line for line in lines if line.startswith("database available again")]
     assert len(down) == 1 and len(up) == 1, lines  # one line each, no flood
     assert "messages wait in the outbox, retrying with backoff" in down[0]
-    conn.close()
+    db.close()
 
 
 def wait_until(condition, timeout: float) -> None:

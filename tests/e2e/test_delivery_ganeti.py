@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import pytest
 import yaml
-from streams import add_vms
 
 from e2e.conftest import QUEUE_DIR, WAIT, _tail
 from e2e.test_ganeti_events import add_instance
@@ -43,7 +42,7 @@ def vm_id(snf: Watcher) -> int:
 
 @pytest.fixture
 def delivering(snf: Watcher, synnefo_db, tmp_path: Path, vm_id: int):
-    add_vms(synnefo_db, range(vm_id, vm_id + 1))
+    synnefo_db.add_vms(range(vm_id, vm_id + 1))
     synnefo_db.query("UPDATE db_virtualmachine SET operstate = 'BUILD' WHERE id = %s", (vm_id,))
     ganeti = yaml.safe_load(snf.config.read_text())["ganeti"]
     config = tmp_path / "snf-watcher.yaml"
