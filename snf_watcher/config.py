@@ -87,12 +87,59 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True)
+class RapiConfig:
+    """Ganeti's remote API on the master, which the watcher reads and submits jobs to."""
+
+    url: str = "https://127.0.0.1:5080"
+    # The certificate RAPI's TLS is verified against: Ganeti's own self-signed
+    # cluster certificate. Verification is never turned off.
+    ca_file: str = "/var/lib/ganeti/rapi.pem"
+    # A user of /var/lib/ganeti/rapi/users with write access (startup jobs).
+    # null: no credentials (only for a RAPI without --require-authentication).
+    user: str | None = None
+    # A file whose first line is that user's password (mode 0600).
+    password_file: str | None = None
+    # Seconds to wait for a connection and for each answer.
+    timeout: float = 10.0
+    # Extra attempts for a GET that failed on the way (never for a job submission).
+    retries: int = 2
+
+
+@dataclass(frozen=True)
+class WatcherConfig:
+    """The cron pass: restart crashed VMs their owners want running."""
+
+    # Restart attempts and node boot ids, JSON (mode 0600, written atomically).
+    state_file: str = "/var/lib/snf-watcher/state.json"
+    # Written by `snf-watcher pause`, removed by `snf-watcher resume`.
+    pause_file: str = "/var/lib/snf-watcher/pause.json"
+    # Ganeti's own `gnt-cluster watcher pause` file (an epoch); honoured too.
+    ganeti_pause_file: str = "/var/lib/ganeti/watcher.pause"
+    # Restart attempts per instance before giving up (Ganeti's MAXTRIES).
+    max_tries: int = 5
+    # Seconds after its last attempt that an instance's record is forgotten,
+    # and a given-up instance is tried again (Ganeti's RETRY_EXPIRATION, 8 h).
+    retry_expiration: float = 28800.0
+    # Startup jobs submitted per pass at most, oldest failure first.
+    max_restarts_per_pass: int = 10
+    # Seconds between passes (the cron interval); a lock held for longer than
+    # lock_warning_intervals of these is reported as a WARNING.
+    interval: float = 300.0
+    lock_warning_intervals: int = 3
+    # Prometheus textfile-collector file, rewritten atomically by every pass.
+    # null: no metrics file.
+    metrics_file: str | None = "/var/lib/prometheus/node-exporter/snf_watcher.prom"
+
+
+@dataclass(frozen=True)
 class Config:
     ganeti: GanetiConfig = field(default_factory=GanetiConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eventd: EventdConfig = field(default_factory=EventdConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    rapi: RapiConfig = field(default_factory=RapiConfig)
+    watcher: WatcherConfig = field(default_factory=WatcherConfig)
     # Synnefo names the Ganeti instance of VM <id> "<instance_prefix><id>".
     instance_prefix: str = "snf-"
     # Set when loaded; not a key of the file.

@@ -1,23 +1,25 @@
 """Exclusive, non-blocking lock files that name their holder.
 
-flock(2) on a file beside the outbox: the kernel drops the lock when the
+flock(2) on a file beside what it guards: the kernel drops the lock when the
 holder dies, even by SIGKILL, so a stale lock can never block a restart.
-The holder's pid is written into the file, for the message of whoever
-finds it taken.
+The holder's pid and the time it took the lock are written into the file,
+for the message of whoever finds it taken.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import time
 
 
 class LockBusy(Exception):
-    """Another process holds the lock; `holder` is its pid as it wrote it ("?" if unknown)."""
+    """Another process holds the lock: its pid and since when (epoch), as it wrote them."""
 
-    def __init__(self, holder: str) -> None:
+    def __init__(self, holder: str, since: float | None = None) -> None:
         super().__init__(holder)
         self.holder = holder
+        self.since = since
 
 
 def take(path: str) -> int:
@@ -27,9 +29,16 @@ def take(path: str) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        text = os.pread(fd, 64, 0).decode(errors="replace").split()
         os.close(fd)
-        raise LockBusy(holder) from None
+        raise LockBusy(text[0] if text else "?", _float(text[1]) if len(text) > 1 else None) from None
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.pwrite(fd, f"{os.getpid()} {time.time():.3f}\n".encode(), 0)
     return fd
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
