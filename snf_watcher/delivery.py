@@ -172,6 +172,40 @@ def take_delivery_lock(outbox_path: str) -> int:
         raise DeliveryBusy(f"another process (pid {e.holder}) is delivering from {outbox_path}") from None
 
 
+@dataclass
+class Flushed:
+    totals: Totals
+    seconds: float
+    pending: int
+    dead_letters: int
+
+
+def flush(cfg: Config) -> Flushed:
+    """Move the spool into the outbox and deliver all that is pending, as a one-shot run.
+
+    Raises DeliveryBusy when eventd (or another run) delivers already, and
+    DatabaseDown, with what waits in the outbox, when the database cannot be reached.
+    """
+    lock = take_delivery_lock(cfg.outbox.path)
+    box = Outbox(cfg.outbox.path)
+    worker = Delivery(cfg, box)
+    try:
+        box.ingest_spool(cfg.outbox.spool_dir)
+        t0 = time.monotonic()
+        try:
+            totals = worker.drain()
+        except DatabaseDown as e:
+            raise DatabaseDown(
+                f"database {safe_dsn(cfg.database.dsn or '')}: {e}; {box.pending_count()} messages wait "
+                "in the outbox"
+            ) from None
+        return Flushed(totals, time.monotonic() - t0, box.pending_count(), box.dead_count())
+    finally:
+        worker.close()
+        box.close()
+        os.close(lock)
+
+
 class DeliveryThread(threading.Thread):
     """snf-ganeti-eventd's deliverer: sleeps until woken (or a second passes), then drains."""
 

@@ -121,6 +121,8 @@ def parse(message: dict[str, Any], prefix: str) -> Event | Skip:
         return _net_status(message, vm_id)
     if kind in messages.PROGRESS_TYPES:
         return _progress(message, vm_id)
+    if kind == messages.WATCHER_DIAGNOSTIC:
+        return _watcher_diagnostic(message, vm_id)
     raise BadMessage(f"unknown message type {kind!r}")
 
 
@@ -262,6 +264,21 @@ def _progress(message: dict[str, Any], vm_id: int) -> Progress:
     details = message.get("stderr")
     diagnostic = Diagnostic(level, source[:100], text[:255], details if isinstance(details, str) else None)
     return Progress(vm_id, key, when, None, diagnostic)
+
+
+def _watcher_diagnostic(message: dict[str, Any], vm_id: int) -> Progress:
+    pair, when = _time(message)
+    level = _field(message, "level", str)
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise BadMessage(f"level is {level!r}, expected DEBUG, INFO, WARNING or ERROR")
+    details = message.get("details")
+    diagnostic = Diagnostic(
+        level,
+        "snf-watcher",
+        _field(message, "message", str)[:255],
+        details if isinstance(details, str) else None,
+    )
+    return Progress(vm_id, order_key(message, pair), when, None, diagnostic)
 
 
 def _network_status(message: dict[str, Any]) -> NetworkStatus | Skip:

@@ -33,7 +33,7 @@ def take(path: str) -> int:
         os.close(fd)
         raise LockBusy(text[0] if text else "?", _float(text[1]) if len(text) > 1 else None) from None
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()} {time.time():.3f}\n".encode(), 0)
+    os.pwrite(fd, f"{os.getpid()} {time.time()!r}\n".encode(), 0)
     return fd
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 OP_STATUS = "ganeti-op-status"
 NETWORK_STATUS = "ganeti-network-status"
 NET_STATUS = "ganeti-net-status"
+# Ours, not Synnefo's: what the watcher did to a VM, for its diagnostics list.
+WATCHER_DIAGNOSTIC = "snf-watcher-diagnostic"
 PROGRESS_TYPES = frozenset(
     {"image-copy-progress", "image-info", "image-warning", "image-error", "image-helper"}
 )
@@ -112,6 +114,20 @@ def progress(instance: str, event: dict[str, object], event_time: Timestamp) -> 
     return {**event, "instance": instance, "event_time": event_time}
 
 
+def watcher_diagnostic(
+    *, instance: str, level: str, message: str, details: str | None, event_time: Timestamp
+) -> dict[str, object]:
+    """What the watcher did or gave up on, as a `db_virtualmachinediagnostic` row to be."""
+    return {
+        "type": WATCHER_DIAGNOSTIC,
+        "instance": instance,
+        "level": level,
+        "message": message,
+        "details": details,
+        "event_time": event_time,
+    }
+
+
 def describe(m: dict[str, object]) -> str:
     """One line naming a message, for logs and listings."""
     subject = m.get("instance") or m.get("network") or "?"
@@ -121,4 +137,6 @@ def describe(m: dict[str, object]) -> str:
     if kind == NET_STATUS:
         nics = m.get("nics")
         return f"{kind} {subject} {len(nics) if isinstance(nics, list) else '?'} NICs ({m.get('hook')})"
+    if kind == WATCHER_DIAGNOSTIC:
+        return f"{kind} {subject} {m.get('level')}: {m.get('message')}"
     return f"{kind} {subject}"

@@ -2,7 +2,7 @@
 
 Ganeti waits on every hook, so a hook must neither import sqlite3 nor queue
 behind the daemon's write lock. It drops each message into the spool as its own
-file (temp name, fsync, rename, fsync of the directory), which is durable the
+file (`atomicfile`: temp name, fsync, rename, fsync of the directory), durable the
 moment the hook returns and never waits for anyone. `Outbox.ingest_spool`
 moves the files into the database in name order, which is arrival order.
 
@@ -15,6 +15,8 @@ import itertools
 import json
 import os
 import time
+
+from snf_watcher import atomicfile
 
 SUFFIX = ".msg"
 _counter = itertools.count()
@@ -33,28 +35,12 @@ def is_spool_name(name: str) -> bool:
 def write(spool_dir: str, message: dict[str, object]) -> str:
     """Store *message* durably in *spool_dir*; return the final path."""
     data = json.dumps(message, separators=(",", ":"), sort_keys=True).encode()
-    name = spool_name(time.time_ns(), os.getpid(), next(_counter))
-    tmp = os.path.join(spool_dir, "." + name + ".tmp")
-    final = os.path.join(spool_dir, name)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    final = os.path.join(spool_dir, spool_name(time.time_ns(), os.getpid(), next(_counter)))
     try:
-        fd = os.open(tmp, flags, 0o600)
+        atomicfile.write(final, data, 0o600)
     except FileNotFoundError:  # before the daemon's first start: make it rather than lose the message
         os.makedirs(spool_dir, mode=0o700, exist_ok=True)
-        fd = os.open(tmp, flags, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, final)
-    dfd = os.open(spool_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        atomicfile.write(final, data, 0o600)
     return final
 
 

@@ -38,6 +38,7 @@ from psycopg2.extras import Json
 from snf_watcher import apply, ippool
 from snf_watcher.config import DatabaseConfig
 from snf_watcher.events import BadMessage, Key, NetworkStatus, OpStatus, VmEvent
+from snf_watcher.snapshot import Vm
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,24 @@ class Database:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+    # -------------------------------------------------------- the watcher's snapshot
+
+    def vms(self) -> dict[int, Vm]:
+        """Every VM row of this backend, as far as the watcher needs it: what its owner wants."""
+        self.connect()
+        assert self.conn is not None
+        try:
+            with self.conn, self.conn.cursor() as cur:
+                cur.execute(
+                    "SELECT id, operstate, deleted, task, task_job_id FROM db_virtualmachine "
+                    "WHERE backend_id = %s",
+                    (self.backend_id,),
+                )
+                return {row[0]: Vm(*row) for row in cur.fetchall()}
+        except psycopg2.Error as e:
+            self.close()
+            raise DatabaseDown(_one_line(e)) from None
 
     # -------------------------------------------------------- the batch
 

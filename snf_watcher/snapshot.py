@@ -1,0 +1,131 @@
+"""One pass's picture of Ganeti and of Synnefo's rows, as plain data (pure).
+
+The watcher decides from snapshots, never from live queries made while it
+decides: what it acts on is what it saw, and the decision can be tested from
+recorded RAPI bodies. Three bulk RAPI answers make the Ganeti side (instances,
+nodes, live jobs), whatever the cluster size. The RAPI bodies are checked
+here, field by field, so that a surprising answer is a clear error and not a
+wrong restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+IN_FLIGHT = frozenset({"queued", "waiting", "running", "canceling"})
+
+
+class BadSnapshot(Exception):
+    """A RAPI body that does not have the shape Ganeti gives; the text names the field."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    uuid: str
+    status: str  # Ganeti's run status: running, ERROR_down, USER_down, ...
+    pnode: str
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    bootid: str | None
+    offline: bool
+
+
+@dataclass(frozen=True)
+class Vm:
+    """What Synnefo's row says its owner wants."""
+
+    id: int
+    operstate: str
+    deleted: bool
+    task: str | None = None
+    task_job_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Ganeti:
+    instances: tuple[Instance, ...]
+    nodes: Mapping[str, Node]
+    # Live jobs: instance name -> id of a job in flight that names it, and the
+    # same for node names (a node evacuation moves its instances).
+    busy_instances: Mapping[str, int] = field(default_factory=dict)
+    busy_nodes: Mapping[str, int] = field(default_factory=dict)
+    # Status of every live job by id (finished ones included until archived).
+    jobs: Mapping[int, str] = field(default_factory=dict)
+
+
+def ganeti(instances: Any, nodes: Any, jobs: Any) -> Ganeti:
+    """Build the Ganeti side from the bodies of /2/instances?bulk=1, the node query and /2/jobs?bulk=1."""
+    busy_instances: dict[str, int] = {}
+    busy_nodes: dict[str, int] = {}
+    statuses: dict[int, str] = {}
+    for job in _list(jobs, "jobs"):
+        job_id, status = _get(job, "id", int, "job"), _get(job, "status", str, "job")
+        statuses[job_id] = status
+        if status not in IN_FLIGHT:
+            continue
+        for op in job.get("ops") or ():
+            if isinstance(op, dict):
+                for name in _instances_named(op):
+                    busy_instances.setdefault(name, job_id)
+                node = op.get("node_name")
+                if str(op.get("OP_ID", "")).startswith("OP_NODE_") and isinstance(node, str):
+                    busy_nodes.setdefault(node, job_id)
+    return Ganeti(
+        instances=tuple(
+            Instance(
+                name=_get(i, "name", str, "instance"),
+                uuid=_get(i, "uuid", str, "instance"),
+                status=_get(i, "status", str, "instance"),
+                pnode=_get(i, "pnode", str, "instance"),
+            )
+            for i in _list(instances, "instances")
+        ),
+        nodes={
+            n.name: n
+            for n in (
+                Node(
+                    name=_get(n, "name", str, "node"),
+                    bootid=n.get("bootid") if isinstance(n.get("bootid"), str) and n.get("bootid") else None,
+                    offline=bool(n.get("offline")),
+                )
+                for n in _list(nodes, "nodes")
+            )
+        },
+        busy_instances=busy_instances,
+        busy_nodes=busy_nodes,
+        jobs=statuses,
+    )
+
+
+def _instances_named(op: dict[str, Any]) -> Iterable[str]:
+    """Every instance an op names: a job acting on it makes it busy, whatever else it does."""
+    name = op.get("instance_name")
+    if isinstance(name, str) and name:
+        yield name
+    names = op.get("instances")
+    if isinstance(names, list):
+        yield from (n for n in names if isinstance(n, str) and n)
+    if op.get("OP_ID") in ("OP_TAGS_SET", "OP_TAGS_DEL") and op.get("kind") == "instance":
+        tagged = op.get("name")
+        if isinstance(tagged, str) and tagged:
+            yield tagged
+
+
+def _list(body: Any, what: str) -> list[dict[str, Any]]:
+    if not isinstance(body, list) or not all(isinstance(x, dict) for x in body):
+        raise BadSnapshot(f"RAPI's {what} answer is not a list of objects: {str(body)[:80]}")
+    return body
+
+
+def _get(obj: dict[str, Any], key: str, kind: type, what: str) -> Any:
+    value = obj.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        ident = obj.get("name", obj.get("id", "?"))
+        raise BadSnapshot(f"RAPI {what} {ident}: {key} is {value!r}, expected {kind.__name__}")
+    return value
