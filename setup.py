@@ -20,6 +20,7 @@ setup(
         "pyinotify>=0.9.6",
         "pyasyncore; python_version >= '3.12'",  # pyinotify imports asyncore, gone in 3.12
         "PyYAML>=6.0",
+        "requests>=2.28",  # Debian 12's python3-requests is 2.28
         "psycopg2>=2.8",  # built from source (libpq-dev); Debian's python3-psycopg2 in the package
     ],
     extras_require={

@@ -1,9 +1,12 @@
 """snf-watcher: the operator's command.
 
-Subcommands so far: `outbox` (what waits for the database), `deliver` (drain
-it into Synnefo's database now), `dead-letters` / `requeue` (messages the
-database refused), and `install-hooks` / `remove-hooks` (the Ganeti hook
-links for a pip install; the Debian package ships the same layout).
+Without a subcommand it is the cron pass (watcher.py): restart crashed VMs
+their owners want running, then deliver the outbox. Subcommands: `status`,
+`pause` / `resume`, `reset` (the watcher's state), `outbox` (what waits for
+the database), `deliver` (drain it into Synnefo's database now),
+`dead-letters` / `requeue` (messages the database refused), and
+`install-hooks` / `remove-hooks` (the Ganeti hook links for a pip install;
+the Debian package ships the same layout).
 """
 
 from __future__ import annotations
@@ -17,10 +20,25 @@ import sys
 import time
 from typing import Any
 
-from snf_watcher import DEFAULT_CONFIG, __version__, config, config_path, delivery, hooks, logs, spool
+from snf_watcher import (
+    DEFAULT_CONFIG,
+    __version__,
+    config,
+    config_path,
+    delivery,
+    hooks,
+    lockfile,
+    logs,
+    pause,
+    report,
+    restart,
+    spool,
+    state,
+    watcher,
+)
 from snf_watcher.messages import describe
 from snf_watcher.outbox import Outbox, OutboxError
-from snf_watcher.syncdb import DatabaseDown, safe_dsn
+from snf_watcher.syncdb import DatabaseDown
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help=f"config file (default: $SNF_WATCHER_CONFIG or {DEFAULT_CONFIG})")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument("--dry-run", action="store_true", help="the pass decides and reports, changes nothing")
+    p.add_argument("--json", action="store_true", help="the pass's report as one JSON object")
+    p.add_argument("--debug", action="store_true", help="log at DEBUG level")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", help="none: one watcher pass")
+
+    st = sub.add_parser("status", help="each instance with a restart record: attempts, last job, gave up")
+    st.add_argument("--json", action="store_true", help="one JSON object per record")
+
+    pa = sub.add_parser("pause", help="stop passes from acting until a time, or until resumed")
+    pa.add_argument("--for", dest="duration", help="how long, e.g. 30m, 2h, 1d (default: until resumed)")
+    pa.add_argument("--reason", required=True, help="why, shown by every pass while paused")
+    sub.add_parser("resume", help="end a pause made by `snf-watcher pause`")
+    rs = sub.add_parser("reset", help="forget an instance's restart record: a fresh budget")
+    rs.add_argument("instance", help="instance name or UUID")
 
     o = sub.add_parser("outbox", help="list the messages waiting for the database")
     o.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -78,6 +109,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"snf-watcher: {e}", file=sys.stderr)
         return config.EXIT_CONFIG
     try:
+        if args.command is None:
+            return run_pass(cfg, args.dry_run, args.json, args.debug)
+        if args.command == "status":
+            return show_status(cfg, args.json)
+        if args.command == "pause":
+            return pause_passes(cfg, args.duration, args.reason)
+        if args.command == "resume":
+            return resume_passes(cfg)
+        if args.command == "reset":
+            return reset_instance(cfg, args.instance)
         if args.command == "deliver":
             return deliver(cfg, args.json)
         if args.command == "dead-letters":
@@ -90,6 +131,72 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def run_pass(cfg: config.Config, dry_run: bool, as_json: bool, debug: bool) -> int:
+    """One watcher pass; the exit code is for monitoring (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)."""
+    logs.setup(cfg.logging, "snf-watcher", debug)
+    r = watcher.run(cfg, dry_run)
+    print(json.dumps(report.as_json(r), sort_keys=True) if as_json else report.text(r))
+    return r.exit_code
+
+
+def show_status(cfg: config.Config, as_json: bool) -> int:
+    loaded, problems = state.load(cfg.watcher.state_file)
+    for p in problems:
+        print(f"snf-watcher: {p}", file=sys.stderr)
+    rows = report.status(loaded, watcher.policy(cfg), time.time())
+    if as_json:
+        for row in rows:
+            print(json.dumps(row, sort_keys=True))
+        return 0
+    print(f"{len(rows)} instances with a restart record in {cfg.watcher.state_file}")
+    for row in rows:
+        print(report.status_line(row))
+    return 0
+
+
+def pause_passes(cfg: config.Config, duration: str | None, reason: str) -> int:
+    now = time.time()
+    try:
+        until = None if duration is None else now + pause.parse_duration(duration)
+    except ValueError as e:
+        print(f"snf-watcher: --for: {e}", file=sys.stderr)
+        return 2
+    p = pause.write(cfg.watcher.pause_file, until, reason, now)
+    end = "until `snf-watcher resume`" if p.until is None else f"until {restart.utc(p.until)}"
+    print(f"watcher paused {end}: {reason}")
+    return 0
+
+
+def resume_passes(cfg: config.Config) -> int:
+    removed = pause.remove(cfg.watcher.pause_file)
+    print("watcher resumed" if removed else f"the watcher was not paused by {cfg.watcher.pause_file}")
+    left, _ = pause.read(cfg.watcher.pause_file, cfg.watcher.ganeti_pause_file, time.time())
+    if left is not None:
+        print(f"snf-watcher: still paused by {left.source} ({left.reason})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def reset_instance(cfg: config.Config, instance: str) -> int:
+    """Forget a record under the state lock, so no pass overwrites the change."""
+    try:
+        lock = state.lock(cfg.watcher.state_file)
+    except lockfile.LockBusy as e:
+        print(f"snf-watcher: a pass (pid {e.holder}) holds the state file; try again", file=sys.stderr)
+        return 1
+    try:
+        loaded, _ = state.load(cfg.watcher.state_file)
+        new, record = restart.reset(loaded, instance)
+        if record is None:
+            print(f"snf-watcher: no restart record for {instance!r}", file=sys.stderr)
+            return 1
+        state.save(cfg.watcher.state_file, new)
+    finally:
+        os.close(lock)
+    print(f"reset {record.name}: {record.attempts} attempts forgotten; the next pass may restart it")
+    return 0
+
+
 def deliver(cfg: config.Config, as_json: bool) -> int:
     """Move the spool into the outbox and deliver everything pending; 1 if the database is down."""
     if cfg.database.dsn is None:
@@ -99,39 +206,26 @@ def deliver(cfg: config.Config, as_json: bool) -> int:
         return config.EXIT_CONFIG
     logs.setup(cfg.logging, "snf-watcher", False)
     try:
-        lock = delivery.take_delivery_lock(cfg.outbox.path)
+        done = delivery.flush(cfg)
     except delivery.DeliveryBusy as e:
         print(f"snf-watcher: {e}; it delivers continuously, nothing to do", file=sys.stderr)
         return 0
-    box = Outbox(cfg.outbox.path)
-    worker = delivery.Delivery(cfg, box)
-    try:
-        box.ingest_spool(cfg.outbox.spool_dir)
-        t0 = time.monotonic()
-        try:
-            totals = worker.drain()
-        except DatabaseDown as e:
-            print(f"snf-watcher: database {safe_dsn(cfg.database.dsn)}: {e}", file=sys.stderr)
-            print(f"snf-watcher: {box.pending_count()} messages wait in the outbox", file=sys.stderr)
-            return 1
-        elapsed = time.monotonic() - t0
-        pending, dead = box.pending_count(), box.dead_count()
-    finally:
-        worker.close()
-        box.close()
-        os.close(lock)
+    except DatabaseDown as e:
+        print(f"snf-watcher: {e}", file=sys.stderr)
+        return 1
+    totals = done.totals
     if as_json:
         out = {
             **dataclasses.asdict(totals),
-            "seconds": round(elapsed, 3),
-            "pending": pending,
-            "dead_letters": dead,
+            "seconds": round(done.seconds, 3),
+            "pending": done.pending,
+            "dead_letters": done.dead_letters,
         }
         print(json.dumps(out, sort_keys=True))
     else:
         print(
             f"delivered {totals.delivered}, skipped {totals.skipped}, dead-lettered {totals.dead} "
-            f"in {elapsed:.2f}s; {pending} pending, {dead} dead letters in all"
+            f"in {done.seconds:.2f}s; {done.pending} pending, {done.dead_letters} dead letters in all"
         )
     return 0
 

@@ -94,6 +94,11 @@ class RapiConfig:
     # The certificate RAPI's TLS is verified against: Ganeti's own self-signed
     # cluster certificate. Verification is never turned off.
     ca_file: str = "/var/lib/ganeti/rapi.pem"
+    # Also require the certificate to name rapi.url's host (subjectAltName).
+    # Off by default: the certificate Ganeti generates names ganeti.example.com,
+    # and only the holder of the ca_file certificate's key passes the check
+    # above anyway. Turn it on with a certificate issued for the host.
+    verify_hostname: bool = False
     # A user of /var/lib/ganeti/rapi/users with write access (startup jobs).
     # null: no credentials (only for a RAPI without --require-authentication).
     user: str | None = None

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from pgserver import pg_server, synnefo_db  # noqa: F401  (fixtures: a real PostgreSQL with the Synnefo seed)
+from rapi_server import rapi_certs, rapi_config, rapi_server  # noqa: F401  (fixtures: a fake HTTPS ganeti-rapi)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ganeti-3.0.2"
 QUEUE = FIXTURES / "queue"

@@ -28,6 +28,7 @@ ALL_DEFAULTS = {
     "database.max_retry_interval": 30.0,
     "rapi.url": "https://127.0.0.1:5080",
     "rapi.ca_file": "/var/lib/ganeti/rapi.pem",
+    "rapi.verify_hostname": False,
     "rapi.user": None,
     "rapi.password_file": None,
     "rapi.timeout": 10.0,

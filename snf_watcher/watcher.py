@@ -1,0 +1,228 @@
+"""One cron pass of the watcher: the imperative shell around `restart.decide`.
+
+The order of the steps is the design: nothing is decided before both
+snapshots are taken, nothing is changed when RAPI does not answer, no job is
+waited for while the state lock is held (a startup job's outcome is read on
+the next pass), and the state is saved before the outbox is flushed, so a
+crash in between costs at most an unrecorded diagnostic, never a second
+restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
+
+from snf_watcher import (
+    atomicfile,
+    delivery,
+    lockfile,
+    messages,
+    pause,
+    report,
+    restart,
+    snapshot,
+    spool,
+    state,
+)
+from snf_watcher.config import Config
+from snf_watcher.rapi import Rapi, RapiError
+from snf_watcher.report import CRITICAL, OK, UNKNOWN, WARNING, Report
+from snf_watcher.syncdb import Database, DatabaseDown
+
+log = logging.getLogger("snf-watcher")
+
+
+LOG_LEVEL = {OK: logging.INFO, WARNING: logging.WARNING, CRITICAL: logging.ERROR, UNKNOWN: logging.ERROR}
+
+
+def policy(cfg: Config) -> restart.Policy:
+    w = cfg.watcher
+    return restart.Policy(w.max_tries, w.retry_expiration, w.max_restarts_per_pass, cfg.instance_prefix)
+
+
+def run(cfg: Config, dry_run: bool = False, clock: Callable[[], float] = time.time) -> Report:
+    """One pass; never raises for what it finds: the report says what happened and how bad it is."""
+    r = Report(started=clock(), dry_run=dry_run)
+    try:
+        _run(cfg, r, clock)
+    finally:
+        r.finished = clock()
+        if r.headline:
+            log.log(LOG_LEVEL[r.exit_code], "%s", r.headline)
+        if not dry_run and cfg.watcher.metrics_file:
+            _write_metrics(cfg, r)
+    return r
+
+
+def _run(cfg: Config, r: Report, clock: Callable[[], float]) -> None:
+    w = cfg.watcher
+    paused, problems = pause.read(w.pause_file, w.ganeti_pause_file, r.started)
+    _problems(r, problems, WARNING)
+    if paused is not None:
+        until = "until resumed" if paused.until is None else f"until {report.iso(paused.until)}"
+        r.headline = f"paused {until} ({paused.source}): {paused.reason or 'no reason given'}"
+        return
+    if cfg.database.dsn is None:
+        r.headline = f"{cfg.source}: database.dsn is not set: cannot tell which VMs their owners want running"
+        r.worst(UNKNOWN)
+        return
+    lock = None
+    if not r.dry_run:
+        try:
+            lock = state.lock(w.state_file)
+        except lockfile.LockBusy as e:
+            _lock_busy(cfg, r, e)
+            return
+    try:
+        _pass(cfg, r, clock)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _lock_busy(cfg: Config, r: Report, e: lockfile.LockBusy) -> None:
+    r.lock_busy = True
+    held = r.started - e.since if e.since is not None else None
+    since = f" since {report.iso(e.since)} ({held:.0f}s)" if held is not None else ""
+    r.headline = f"another pass (pid {e.holder}) holds {cfg.watcher.state_file}.lock{since}; nothing done"
+    limit = cfg.watcher.interval * cfg.watcher.lock_warning_intervals
+    if held is not None and held > limit:
+        r.headline += f"; held longer than {limit:.0f}s: is it stuck?"
+        r.worst(WARNING)
+
+
+def _pass(cfg: Config, r: Report, clock: Callable[[], float]) -> None:
+    rapi = Rapi(cfg.rapi)
+    db = Database(cfg.database)
+    try:
+        old, problems = state.load(cfg.watcher.state_file)
+        _problems(r, problems, WARNING)
+        try:
+            version = rapi.version()
+            ganeti = _ganeti(rapi, old)
+        except (RapiError, snapshot.BadSnapshot) as e:
+            r.headline = f"{e}; nothing changed"
+            r.worst(CRITICAL)
+            return
+        finally:
+            r.rapi_calls = rapi.calls
+        log.debug("RAPI version %s answers", version)
+        try:
+            vms = db.vms()
+        except DatabaseDown as e:
+            r.headline = f"database: {e}; nothing changed"
+            r.worst(CRITICAL)
+            return
+        r.statuses = dict(Counter(i.status for i in ganeti.instances))
+        decision = restart.decide(ganeti, vms, old, policy(cfg), clock())
+        r.verdicts, r.rebooted = list(decision.verdicts), list(decision.rebooted)
+        for v in r.verdicts:
+            r.worst(v.severity)
+            if not v.restart or r.dry_run:  # a restart is logged with its job id once submitted
+                log.log(LOG_LEVEL[v.severity], "%s [%s] %s", v.instance, v.rule, v.text)
+        for node in r.rebooted:
+            log.info("node %s rebooted since the last pass (boot id changed)", node)
+        new = decision.state if r.dry_run else _act(cfg, rapi, decision, old, r)
+        r.rapi_calls = rapi.calls
+        if not r.dry_run:
+            state.save(cfg.watcher.state_file, new)
+            _deliver(cfg, r)
+    finally:
+        rapi.close()
+        db.close()
+
+
+def _ganeti(rapi: Rapi, old: state.State) -> snapshot.Ganeti:
+    """Jobs first, then instances and nodes; then the outcome of last pass's jobs no longer live."""
+    jobs = rapi.jobs()
+    g = snapshot.ganeti(rapi.instances(), rapi.nodes(), jobs)
+    asked = {
+        rec.last_job
+        for rec in old.instances.values()
+        if rec.last_job is not None
+        and rec.last_job_status not in restart.FINAL_JOB
+        and rec.last_job not in g.jobs
+    }
+    found = {}
+    for job_id in sorted(asked):
+        body = rapi.job(job_id)
+        found[job_id] = "gone" if body is None else str(body.get("status"))
+    return replace(g, jobs={**g.jobs, **found}) if found else g
+
+
+def _act(cfg: Config, rapi: Rapi, decision: restart.Decision, old: state.State, r: Report) -> state.State:
+    """Submit the startup jobs (never waiting for them) and queue a diagnostic per VM acted on.
+
+    After a submission fails, RAPI is in trouble: the remaining restarts wait
+    for the next pass, and no attempt that was not made is charged.
+    """
+    records = dict(decision.state.instances)
+    failed = False
+    for v in decision.restarts:
+        if not failed:
+            try:
+                job = rapi.startup(v.instance, reason=f"snf-watcher: {v.rule}: {v.text}")
+            except RapiError as e:
+                failed = True
+                r.problems.append(f"{v.instance}: startup not submitted: {e}; no more restarts this pass")
+                r.worst(CRITICAL)
+            else:
+                r.jobs[v.instance] = job
+                records[v.uuid] = replace(records[v.uuid], last_job=job)
+                log.info("%s: %s: %s -> startup job %d", v.instance, v.rule, v.text, job)
+                _diagnose(cfg, v, "INFO", f"Restarted by snf-watcher: {v.text}; Ganeti job {job}", r.started)
+                continue
+        if v.uuid in old.instances:
+            records[v.uuid] = old.instances[v.uuid]
+        else:
+            records.pop(v.uuid, None)
+    for v in decision.gave_up_now:
+        log.error("%s: %s", v.instance, v.text)
+        _diagnose(cfg, v, "ERROR", f"snf-watcher gave up restarting it: {v.text}", r.started)
+    return replace(decision.state, instances=records)
+
+
+def _diagnose(cfg: Config, v: restart.Verdict, level: str, text: str, now: float) -> None:
+    """A diagnostic row for the VM, through the outbox like every other write to Synnefo."""
+    if v.vm_id is None:
+        return
+    message = messages.watcher_diagnostic(
+        instance=v.instance,
+        level=level,
+        message=text[:255],
+        details=text,
+        event_time=messages.split_time(now),
+    )
+    spool.write(cfg.outbox.spool_dir, message)
+
+
+def _deliver(cfg: Config, r: Report) -> None:
+    try:
+        done = delivery.flush(cfg)
+    except delivery.DeliveryBusy:
+        return  # snf-ganeti-eventd delivers continuously: it picks the diagnostics up
+    except DatabaseDown as e:
+        r.problems.append(str(e))
+        r.worst(WARNING)
+        return
+    r.delivered = done.totals.delivered
+
+
+def _problems(r: Report, problems: list[str], level: int) -> None:
+    for p in problems:
+        log.warning("%s", p)
+        r.problems.append(p)
+        r.worst(level)
+
+
+def _write_metrics(cfg: Config, r: Report) -> None:
+    given_up = sum(1 for v in r.verdicts if v.rule in ("gave-up", "giving-up"))
+    try:
+        atomicfile.write(cfg.watcher.metrics_file, report.metrics(r, given_up).encode(), 0o644)
+    except OSError as e:
+        log.warning("cannot write metrics to %s: %s", cfg.watcher.metrics_file, e.strerror)
