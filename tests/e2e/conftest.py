@@ -49,6 +49,9 @@ VETO_HOOK = HOOKS_DIR / "instance-start-pre.d" / "10-snf-e2e-veto"
 FINAL = ("success", "error", "canceled")
 WAIT = float(os.environ.get("SNF_E2E_WAIT", "20"))  # seconds to wait for the outbox
 GNT_TIMEOUT = 180
+# The sandbox's RAPI, forwarded to the host's loopback (ganeti-sandbox.sh), for the watcher's tests.
+RAPI_PORT = int(os.environ.get("SNF_E2E_RAPI_PORT", "15080"))
+RAPI_USER, RAPI_PASSWORD = "snf-e2e", "snf-e2e-secret"  # the harness's write user
 
 T = TypeVar("T")
 
@@ -119,6 +122,7 @@ class Sandbox:
             try:
                 proc = subprocess.run(
                     ["bash", str(HARNESS), command],
+                    env={**os.environ, "SANDBOX_RAPI_FORWARD_PORT": str(RAPI_PORT)},
                     stdin=subprocess.DEVNULL,
                     stdout=out,  # a file, not a pipe: the daemons it starts outlive it
                     stderr=subprocess.STDOUT,

@@ -1,0 +1,217 @@
+"""The watcher pass on a real Ganeti cluster: crash an instance, and see what `snf-watcher` does.
+
+The sandbox's RAPI is reached through the harness's forwarder on the host's
+loopback, verified against the cluster's own /var/lib/ganeti/rapi.pem (which
+names ganeti.example.com: the certificate is pinned, the host name not
+checked). A crash is what the fake hypervisor shows when its runtime file is
+gone: Ganeti reports ERROR_down. Each test has its own instance snf-<92xx>
+and Synnefo row in a real PostgreSQL with the seed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import yaml
+
+from e2e.conftest import GANETI_DIR, GNT_TIMEOUT, RAPI_PASSWORD, RAPI_PORT, RAPI_USER, gnt_exe, gnt_list
+from e2e.test_delivery_ganeti import unused_vm_id
+from e2e.test_ganeti_events import add_instance
+
+if TYPE_CHECKING:
+    from e2e.conftest import Sandbox, Watcher
+
+pytestmark = [pytest.mark.ganeti, pytest.mark.root]
+
+FAKE_HV = "/var/run/ganeti/fake-hypervisor"
+
+
+class Cron:
+    """`snf-watcher` with a config of its own, as cron would run it; and the instance it watches."""
+
+    def __init__(self, snf: Watcher, sandbox: Sandbox, db, tmp_path: Path) -> None:
+        self.sandbox, self.db = sandbox, db
+        self.vm_id = unused_vm_id()
+        self.name = f"snf-{self.vm_id}"
+        password = tmp_path / "rapi.password"
+        password.write_text(RAPI_PASSWORD + "\n")
+        password.chmod(0o600)
+        self.config = tmp_path / "snf-watcher.yaml"
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "ganeti": yaml.safe_load(snf.config.read_text())["ganeti"],
+                    "outbox": {"path": str(tmp_path / "outbox.sqlite"), "spool_dir": str(tmp_path / "spool")},
+                    "logging": {"target": "stderr"},
+                    "database": {"dsn": db.dsn, "backend_id": 1},
+                    "rapi": {
+                        "url": f"https://127.0.0.1:{RAPI_PORT}",
+                        "ca_file": f"{GANETI_DIR}/rapi.pem",
+                        "user": RAPI_USER,
+                        "password_file": str(password),
+                    },
+                    "watcher": {
+                        "state_file": str(tmp_path / "state.json"),
+                        "pause_file": str(tmp_path / "pause.json"),
+                        "metrics_file": str(tmp_path / "snf_watcher.prom"),
+                        "max_tries": 2,
+                    },
+                }
+            )
+        )
+        db.add_vms(range(self.vm_id, self.vm_id + 1))
+        db.query("UPDATE db_virtualmachine SET operstate = 'STARTED' WHERE id = %s", (self.vm_id,))
+
+    def run(self, *args: str) -> tuple[int, dict]:
+        """One pass (`--json`); its exit code and report."""
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "snf-watcher"), "--config", str(self.config), *args, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if not proc.stdout.strip():
+            pytest.fail(f"snf-watcher printed no report (exit {proc.returncode}):\n{proc.stderr}")
+        return proc.returncode, json.loads(proc.stdout)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "snf-watcher"), "--config", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def status(self) -> str:
+        rows = [r for r in gnt_list("gnt-instance", "-o", "name,status") if r[0] == self.name]
+        return rows[0][1] if rows else "gone"
+
+    def crash(self) -> None:
+        """What a guest crash looks like to Ganeti with the fake hypervisor: its runtime file vanishes."""
+        done = self.sandbox.exec("rm", "-f", f"{FAKE_HV}/{self.name}")
+        assert done.returncode == 0, done.stderr
+        self.wait_status("ERROR_down")
+
+    def wait_status(self, want: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while (got := self.status()) != want:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{self.name} is {got}, not {want}, after {timeout:.0f}s")
+            time.sleep(0.5)
+
+    def wait_job(self, job_id: int) -> str:
+        """Ganeti's final status of a job the watcher submitted (it never waits for them itself)."""
+        deadline = time.monotonic() + GNT_TIMEOUT
+        while True:
+            rows = [r for r in gnt_list("gnt-job", "-o", "id,status") if r[0] == str(job_id)]
+            if rows and rows[0][1] in ("success", "error", "canceled"):
+                return rows[0][1]
+            if time.monotonic() > deadline:
+                pytest.fail(f"job {job_id} did not finish within {GNT_TIMEOUT}s: {rows}")
+            time.sleep(0.3)
+
+    def diagnostics(self) -> list[tuple[str, str]]:
+        return self.db.query(
+            "SELECT level, message FROM db_virtualmachinediagnostic WHERE machine_id = %s "
+            "AND source = 'snf-watcher' ORDER BY id",
+            (self.vm_id,),
+        )
+
+    def remove(self) -> None:
+        subprocess.run(
+            [gnt_exe("gnt-instance"), "remove", "-f", self.name], capture_output=True, timeout=GNT_TIMEOUT
+        )
+
+
+@pytest.fixture
+def cron(snf: Watcher, sandbox: Sandbox, synnefo_db, tmp_path: Path):
+    c = Cron(snf, sandbox, synnefo_db, tmp_path)
+    add_instance(snf, c.name, f"198.51.100.{c.vm_id % 100 + 150}")  # --no-install: not started
+    snf.gnt("gnt-instance", "startup", c.name)
+    c.wait_status("running")
+    try:
+        yield c
+    finally:
+        c.remove()
+
+
+def verdicts(report: dict, instance: str) -> list[tuple[str, bool]]:
+    return [(v["rule"], v["restart"]) for v in report["verdicts"] if v["instance"] == instance]
+
+
+def test_a_crashed_instance_is_restarted_and_its_record_dropped(cron: Cron):
+    cron.crash()
+    code, report = cron.run()
+    assert code == 0, report
+    assert verdicts(report, cron.name) == [("restart", True)]
+    job = report["jobs"][cron.name]
+    assert cron.wait_job(job) == "success"
+    cron.wait_status("running")
+    assert cron.diagnostics() == [
+        (
+            "INFO",
+            f"Restarted by snf-watcher: ERROR_down, VM {cron.vm_id} STARTED in Synnefo: restart, "
+            f"attempt 1 of 2; Ganeti job {job}",
+        )
+    ]
+    # the job's reason trail names us
+    info = subprocess.run([gnt_exe("gnt-job"), "info", str(job)], capture_output=True, text=True, timeout=60)
+    assert "snf-watcher: restart: ERROR_down" in info.stdout
+
+    code, report = cron.run()
+    assert code == 0
+    assert verdicts(report, cron.name) == [("recovered", False)]
+    assert cron.cli("status").stdout.startswith("0 instances with a restart record")
+
+
+def test_with_starts_vetoed_it_gives_up_after_max_tries_and_says_so(cron: Cron, start_veto):
+    cron.crash()
+    with start_veto():
+        for _ in range(2):
+            code, report = cron.run()
+            assert verdicts(report, cron.name) == [("restart", True)], report
+            assert cron.wait_job(report["jobs"][cron.name]) == "error"
+        code, report = cron.run()
+    assert code == 2
+    assert report["level"] == "CRITICAL"
+    (v,) = [v for v in report["verdicts"] if v["instance"] == cron.name]
+    assert v["rule"] == "giving-up"
+    assert v["text"].startswith("ERROR_down; giving up after 2 attempts (last startup job ")
+    assert v["text"].endswith(": error)")
+    assert cron.status() == "ERROR_down"
+    assert [level for level, _ in cron.diagnostics()] == ["INFO", "INFO", "ERROR"]
+    assert "GAVE UP" in cron.cli("status").stdout
+    code, report = cron.run()  # and it stays given up, without a new job
+    assert code == 2 and verdicts(report, cron.name) == [("gave-up", False)] and report["jobs"] == {}
+
+
+def test_a_vm_stopped_in_synnefo_is_not_restarted(cron: Cron):
+    cron.db.query("UPDATE db_virtualmachine SET operstate = 'STOPPED' WHERE id = %s", (cron.vm_id,))
+    cron.crash()
+    code, report = cron.run()
+    assert code == 0
+    assert verdicts(report, cron.name) == [("owner-stopped", False)]
+    assert report["jobs"] == {}
+    time.sleep(2)
+    assert cron.status() == "ERROR_down"
+
+
+def test_a_paused_watcher_does_nothing(cron: Cron):
+    assert cron.cli("pause", "--for", "10m", "--reason", "e2e maintenance").returncode == 0
+    cron.crash()
+    code, report = cron.run()
+    assert code == 0
+    assert report["summary"].startswith("paused until ") and report["summary"].endswith(": e2e maintenance")
+    assert report["verdicts"] == [] and report["rapi_calls"] == 0
+    time.sleep(2)
+    assert cron.status() == "ERROR_down"
+    assert cron.cli("resume").returncode == 0
+    code, report = cron.run()
+    assert verdicts(report, cron.name) == [("restart", True)]
+    cron.wait_job(report["jobs"][cron.name])
