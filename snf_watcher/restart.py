@@ -97,6 +97,7 @@ def decide(ganeti: Ganeti, vms: Mapping[int, Vm], state: State, policy: Policy, 
             if n.bootid and state.nodes.get(n.name) not in (None, n.bootid)
         )
     )
+    rebooted_set = frozenset(rebooted)
     records = _live_records(ganeti, state, policy, now)
     verdicts: list[Verdict] = []
     candidates: list[tuple[float, Instance, Verdict]] = []
@@ -104,7 +105,7 @@ def decide(ganeti: Ganeti, vms: Mapping[int, Vm], state: State, policy: Policy, 
         record = records.get(inst.uuid)
         if record is not None and record.name != inst.name:
             records[inst.uuid] = record = replace(record, name=inst.name)
-        verdict = _judge(inst, record, ganeti, vms, policy, now, inst.pnode in rebooted)
+        verdict = _judge(inst, record, ganeti, vms, policy, now, inst.pnode in rebooted_set)
         if verdict is None:
             continue
         if verdict.rule == "recovered":
@@ -170,13 +171,15 @@ def _judge(
     node_rebooted: bool,
 ) -> Verdict | None:
     """The rule for one instance; None when there is nothing to say about it."""
+    if inst.status == "running" and record is None:
+        return None  # nearly every instance: decided before any other work
     vm_id = id_from_name(inst.name, policy.prefix)
 
     def verdict(rule: str, severity: int, text: str, **kw: bool) -> Verdict:
         return Verdict(inst.name, inst.uuid, vm_id, inst.status, rule, severity, text, **kw)
 
     if inst.status == "running":
-        return verdict("recovered", OK, f"running again{_last_job(record)}") if record else None
+        return verdict("recovered", OK, f"running again{_last_job(record)}")
     if inst.status in HELPLESS:
         return verdict("helpless", WARNING, f"{inst.status}: node {inst.pnode} cannot run it; not charged")
     if inst.status == "USER_down":
