@@ -174,6 +174,8 @@ def from_mapping(data: Any, path: str = "<config>") -> Config:
     """Build a Config from parsed YAML; raise ConfigError naming file and key."""
     cfg = _build(Config, data, path, "")
     _check_database(cfg.database, path)
+    if not cfg.rapi.url.startswith("https://"):
+        raise ConfigError(f"{path}: rapi.url: {cfg.rapi.url!r} is not an https:// URL (RAPI is always TLS)")
     return cfg
 
 

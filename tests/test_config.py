@@ -124,3 +124,13 @@ def test_commands_refuse_a_bad_config_with_exit_code_3_before_doing_anything(tmp
     assert proc.returncode == 3
     assert f"{path}: outbox.colour: unknown key" in proc.stderr.decode()
     assert not (tmp_path / "outbox.sqlite").exists()
+
+
+def test_rapi_must_be_reached_over_tls(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("rapi:\n  url: http://master.example.org:5080\n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(str(path))
+    assert str(e.value) == (
+        f"{path}: rapi.url: 'http://master.example.org:5080' is not an https:// URL (RAPI is always TLS)"
+    )

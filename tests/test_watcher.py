@@ -266,3 +266,31 @@ def test_the_number_of_rapi_calls_does_not_grow_with_the_cluster(watch, rapi_ser
     big = pass_json(watch, "--dry-run")[1]
     assert big["statuses"]["running"] == 2002
     assert (small, big["rapi_calls"]) == (4, 4)  # version, jobs, instances, nodes
+
+
+def test_without_a_database_the_pass_cannot_tell_what_owners_want(make_config, rapi_server):
+    path = make_config(watcher={"metrics_file": None})
+    r = subprocess.run([command("snf-watcher"), "--config", path], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3
+    assert r.stdout == (
+        f"snf-watcher UNKNOWN: {path}: database.dsn is not set: cannot tell which VMs their owners want "
+        "running\n"
+    )
+    assert rapi_server.requests == []
+
+
+def test_status_as_json(watch, rapi_server):
+    rapi_server.set_body(STARTUP_101, 77, method="PUT")
+    watch()
+    code, out, _ = watch("status", "--json")
+    (row,) = [json.loads(line) for line in out.splitlines()]
+    assert code == 0
+    assert {k: row[k] for k in ("instance", "vm_id", "attempts", "max_tries", "last_job", "gave_up")} == {
+        "instance": "snf-101",
+        "vm_id": 101,
+        "attempts": 1,
+        "max_tries": 2,
+        "last_job": 77,
+        "gave_up": None,
+    }
+    assert row["next_attempt"] >= row["last_attempt"]
