@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -131,7 +130,7 @@ def id_from_name(name: str, prefix: str) -> int | None:
     if not name.startswith(prefix):
         return None
     rest = name[len(prefix) :]
-    return int(rest) if re.fullmatch(r"[0-9]+", rest) else None
+    return int(rest) if rest.isascii() and rest.isdigit() else None
 
 
 def order_key(message: dict[str, Any], time_pair: tuple[int, int]) -> Key:

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from snf_watcher.events import NETWORK_PREFIX, NIC_PREFIX, GanetiNic, id_from_name
+
 IN_FLIGHT = frozenset({"queued", "waiting", "running", "canceling"})
 
 
@@ -27,6 +29,11 @@ class Instance:
     uuid: str
     status: str  # Ganeti's run status: running, ERROR_down, USER_down, ...
     pnode: str
+    # What reconciliation compares with Synnefo's row:
+    vcpus: int | None = None
+    maxmem: int | None = None  # MiB
+    disk_sizes: tuple[int, ...] = ()  # MiB, in disk order
+    nics: tuple[GanetiNic, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,15 +84,7 @@ def ganeti(instances: Any, nodes: Any, jobs: Any) -> Ganeti:
                 if str(op.get("OP_ID", "")).startswith("OP_NODE_") and isinstance(node, str):
                     busy_nodes.setdefault(node, job_id)
     return Ganeti(
-        instances=tuple(
-            Instance(
-                name=_get(i, "name", str, "instance"),
-                uuid=_get(i, "uuid", str, "instance"),
-                status=_get(i, "status", str, "instance"),
-                pnode=_get(i, "pnode", str, "instance"),
-            )
-            for i in _list(instances, "instances")
-        ),
+        instances=tuple(_instance(i) for i in _list(instances, "instances")),
         nodes={
             n.name: n
             for n in (
@@ -101,6 +100,43 @@ def ganeti(instances: Any, nodes: Any, jobs: Any) -> Ganeti:
         busy_nodes=busy_nodes,
         jobs=statuses,
     )
+
+
+def _instance(i: dict[str, Any]) -> Instance:
+    beparams = i.get("beparams") if isinstance(i.get("beparams"), dict) else {}
+    return Instance(
+        name=_get(i, "name", str, "instance"),
+        uuid=_get(i, "uuid", str, "instance"),
+        status=_get(i, "status", str, "instance"),
+        pnode=_get(i, "pnode", str, "instance"),
+        vcpus=_int(beparams.get("vcpus")),
+        maxmem=_int(beparams.get("maxmem")),
+        disk_sizes=tuple(x for x in i.get("disk.sizes") or () if _int(x) is not None),
+        nics=_nics(i),
+    )
+
+
+def _nics(i: dict[str, Any]) -> tuple[GanetiNic, ...]:
+    """RAPI's parallel nic.* lists as the NICs a net-status message would carry."""
+    macs = i.get("nic.macs") or []
+    columns = [i.get(k) or [None] * len(macs) for k in ("nic.names", "nic.networks.names", "nic.ips")]
+    if not isinstance(macs, list) or any(not isinstance(c, list) or len(c) != len(macs) for c in columns):
+        raise BadSnapshot(f"RAPI instance {i.get('name')}: the nic.* lists do not line up")
+    return tuple(
+        GanetiNic(
+            index=index,
+            nic_id=id_from_name(name, NIC_PREFIX) if isinstance(name, str) else None,
+            name=name if isinstance(name, str) else None,
+            network_id=id_from_name(network, NETWORK_PREFIX) if isinstance(network, str) else None,
+            mac=mac if isinstance(mac, str) else None,
+            ipv4=ip if isinstance(ip, str) and ip else None,
+        )
+        for index, (mac, name, network, ip) in enumerate(zip(macs, *columns, strict=True))
+    )
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _instances_named(op: dict[str, Any]) -> Iterable[str]:
