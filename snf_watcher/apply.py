@@ -23,7 +23,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from snf_watcher.events import BadMessage, GanetiNic, Key, NetStatus, NetworkStatus, OpStatus, Progress
+from snf_watcher.events import (
+    BadMessage,
+    Correction,
+    GanetiNic,
+    Key,
+    NetStatus,
+    NetworkStatus,
+    OpStatus,
+    Progress,
+)
 from snf_watcher.messages import FINAL_STATUSES
 
 NO_KEY: Key = (-1, 0, 0, 0, 0, 0)
@@ -61,15 +70,17 @@ class Flavors:
         self.by_id = {f.id: f for f in flavors}
         self.by_spec = {(f.cpu, f.ram, f.disk, f.volume_type_id): f.id for f in self.by_id.values()}
 
-    def resized(self, flavor_id: int, vcpus: int | None, ram: int | None) -> int:
+    def resized(self, flavor_id: int, vcpus: int | None, ram: int | None, disk: int | None = None) -> int:
+        """The flavor a VM of *flavor_id* has after a change; what is None stays (disk in GiB)."""
         old = self.by_id.get(flavor_id)
         if old is None:
             raise BadMessage(f"the VM's flavor {flavor_id} is not in db_flavor")
         cpu, mem = vcpus if vcpus is not None else old.cpu, ram if ram is not None else old.ram
-        new = self.by_spec.get((cpu, mem, old.disk, old.volume_type_id))
+        size = disk if disk is not None else old.disk
+        new = self.by_spec.get((cpu, mem, size, old.volume_type_id))
         if new is None:
             raise BadMessage(
-                f"no flavor with {cpu} vCPUs, {mem} MiB RAM, {old.disk} GiB disk "
+                f"no flavor with {cpu} vCPUs, {mem} MiB RAM, {size} GiB disk "
                 f"and volume type {old.volume_type_id} (resize from flavor {flavor_id})"
             )
         return new
@@ -110,6 +121,10 @@ class Plan:
         return None
 
 
+class Outdated(Exception):
+    """A correction for a row that changed since the difference was seen: not applied."""
+
+
 def fold_vm(columns: dict[str, Any], keys: dict[str, Key], events: Iterable[Any], flavors: Flavors) -> Plan:
     """Apply a VM's events in key order to its row; *columns* are the row's current values."""
     return _fold(columns, keys, events, f"VM {columns['id']}", lambda plan, ev: _vm_event(plan, ev, flavors))
@@ -139,6 +154,9 @@ def _fold(
         except BadMessage as e:
             plan.dead.append((ev, str(e)))
             continue
+        except Outdated as e:
+            plan.skipped.append((ev, str(e)))
+            continue
         plan.applied.append(ev)
         plan.columns["backendtime"] = max(plan.columns["backendtime"], ev.time)
     return plan
@@ -152,6 +170,8 @@ def _vm_event(plan: Plan, ev: Any, flavors: Flavors) -> None:
             plan.nics, plan.keys["nics"] = NicsPlan("match", ev.time, ev.nics), ev.key
     elif isinstance(ev, Progress):
         _progress(plan, ev)
+    elif isinstance(ev, Correction):
+        _correction(plan, ev, flavors)
     else:
         raise BadMessage(f"{type(ev).__name__} is not a VM event")
 
@@ -181,10 +201,7 @@ def _op_status(plan: Plan, ev: OpStatus, flavors: Flavors) -> None:
     if ev.status in FINAL_STATUSES and cols["task_job_id"] == ev.job_id:
         cols["task"] = cols["task_job_id"] = None
     if removal:
-        cols.update(operstate="DESTROYED", deleted=True, backendtime=ev.time)
-        plan.nics, plan.volumes = NicsPlan("remove", ev.time), "DELETED"
-        for aspect in ("oper", "nics", "volumes", "removed"):
-            plan.keys[aspect] = ev.key
+        _remove(plan, ev)
         return
     creating = ev.opcode == "OP_INSTANCE_CREATE"
     state = OPER_ON_SUCCESS.get(ev.opcode) if ev.status == "success" else None
@@ -198,6 +215,41 @@ def _op_status(plan: Plan, ev: OpStatus, flavors: Flavors) -> None:
         plan.nics, plan.keys["nics"] = NicsPlan("error", ev.time), ev.key
     if flavor is not None:
         cols["flavor_id"], plan.keys["flavor"] = flavor, ev.key
+
+
+def _remove(plan: Plan, ev: OpStatus | Correction) -> None:
+    """Terminal: the VM is gone, and so are its NICs and (unless detachable) volumes."""
+    plan.columns.update(operstate="DESTROYED", deleted=True, backendtime=ev.time)
+    plan.nics, plan.volumes = NicsPlan("remove", ev.time), "DELETED"
+    for aspect in ("oper", "nics", "volumes", "removed"):
+        plan.keys[aspect] = ev.key
+
+
+def _correction(plan: Plan, ev: Correction, flavors: Flavors) -> None:
+    """What reconciliation saw in Ganeti, for one aspect; an event newer than it wins.
+
+    Applied only to the row as it was when the difference was seen: a row
+    that Synnefo (or an event) changed meanwhile is judged again next pass.
+    """
+    cols = plan.columns
+    if ev.expect_updated is not None and cols["updated"] != ev.expect_updated:
+        raise Outdated(f"VM {cols['id']} changed since reconciliation saw it: judged again next pass")
+    if ev.kind == "stale":
+        _remove(plan, ev)
+    elif ev.kind in ("operstate", "build") and ev.operstate and plan.newer("oper", ev.key):
+        cols["operstate"], plan.keys["oper"] = ev.operstate, ev.key
+        if ev.kind == "build" and plan.newer("volumes", ev.key):
+            plan.volumes, plan.keys["volumes"] = ("ERROR" if ev.operstate == "ERROR" else "IN_USE"), ev.key
+        if ev.kind == "build" and ev.operstate == "ERROR" and plan.newer("nics", ev.key):
+            plan.nics, plan.keys["nics"] = NicsPlan("error", ev.time), ev.key
+    elif ev.kind == "flavor" and ev.flavor and plan.newer("flavor", ev.key):
+        vcpus, ram, disk = ev.flavor
+        gib = disk // 1024 if disk is not None else None
+        cols["flavor_id"], plan.keys["flavor"] = flavors.resized(cols["flavor_id"], vcpus, ram, gib), ev.key
+    elif ev.kind == "nics" and plan.newer("nics", ev.key):
+        plan.nics, plan.keys["nics"] = NicsPlan("match", ev.time, ev.nics), ev.key
+    if ev.kind in ("task", "build") and ev.job_id is not None and cols["task_job_id"] == ev.job_id:
+        cols["task"] = cols["task_job_id"] = None
 
 
 def _progress(plan: Plan, ev: Progress) -> None:

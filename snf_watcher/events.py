@@ -99,7 +99,23 @@ class NetworkStatus:
     logmsg: str | None
 
 
-VmEvent = OpStatus | NetStatus | Progress
+@dataclass(frozen=True)
+class Correction:
+    """A reconciliation's fix (messages.correction): what Ganeti showed, for one aspect of a row."""
+
+    vm_id: int
+    key: Key
+    time: datetime
+    kind: str  # stale, operstate, build, flavor, nics, task
+    expect_updated: datetime | None  # the row's `updated` when the difference was seen
+    operstate: str | None = None
+    flavor: tuple[int | None, int | None, int | None] | None = None  # vcpus, maxmem MiB, disk MiB
+    nics: tuple[GanetiNic, ...] = ()
+    job_id: int | None = None
+
+
+CORRECTION_KINDS = frozenset({"stale", "operstate", "build", "flavor", "nics", "task"})
+VmEvent = OpStatus | NetStatus | Progress | Correction
 Event = VmEvent | NetworkStatus
 
 
@@ -122,6 +138,8 @@ def parse(message: dict[str, Any], prefix: str) -> Event | Skip:
         return _progress(message, vm_id)
     if kind == messages.WATCHER_DIAGNOSTIC:
         return _watcher_diagnostic(message, vm_id)
+    if kind == messages.RECONCILE:
+        return _correction(message, vm_id)
     raise BadMessage(f"unknown message type {kind!r}")
 
 
@@ -208,7 +226,39 @@ def _op_status(message: dict[str, Any], vm_id: int) -> OpStatus:
 
 def _net_status(message: dict[str, Any], vm_id: int) -> NetStatus:
     pair, when = _time(message)
-    raw = _field(message, "nics", list)
+    return NetStatus(vm_id, order_key(message, pair), when, _ganeti_nics(_field(message, "nics", list)))
+
+
+def _correction(message: dict[str, Any], vm_id: int) -> Correction:
+    pair, when = _time(message)
+    kind = _field(message, "kind", str)
+    if kind not in CORRECTION_KINDS:
+        raise BadMessage(f"kind {kind!r} is not a correction the watcher makes")
+    expect = message.get("expect_updated")
+    try:
+        expect_updated = datetime.fromisoformat(expect) if isinstance(expect, str) else None
+    except ValueError:
+        raise BadMessage(f"expect_updated is {expect!r}, expected an ISO 8601 time") from None
+    flavor = message.get("flavor")
+    if flavor is not None and not (isinstance(flavor, list) and len(flavor) == 3):
+        raise BadMessage(f"flavor is {flavor!r}, expected [vcpus, maxmem, disk]")
+    nics = message.get("nics")
+    job_id = message.get("jobId")
+    return Correction(
+        vm_id,
+        order_key(message, pair),
+        when,
+        kind,
+        expect_updated,
+        operstate=message.get("operstate") if isinstance(message.get("operstate"), str) else None,
+        flavor=tuple(flavor) if flavor is not None else None,
+        nics=_ganeti_nics(nics) if isinstance(nics, list) else (),
+        job_id=job_id if isinstance(job_id, int) and not isinstance(job_id, bool) else None,
+    )
+
+
+def _ganeti_nics(raw: list[Any]) -> tuple[GanetiNic, ...]:
+    """The NIC list of a net-status message (or a NIC correction), in Ganeti's order."""
     nics = []
     for index, nic in enumerate(raw):
         if not isinstance(nic, dict):
@@ -225,7 +275,7 @@ def _net_status(message: dict[str, Any], vm_id: int) -> NetStatus:
                 ipv4=_opt_str(nic, "ip", index),
             )
         )
-    return NetStatus(vm_id, order_key(message, pair), when, tuple(nics))
+    return tuple(nics)
 
 
 def _opt_str(nic: dict[str, Any], name: str, index: int) -> str | None:

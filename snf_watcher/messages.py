@@ -14,8 +14,10 @@ from __future__ import annotations
 OP_STATUS = "ganeti-op-status"
 NETWORK_STATUS = "ganeti-network-status"
 NET_STATUS = "ganeti-net-status"
-# Ours, not Synnefo's: what the watcher did to a VM, for its diagnostics list.
+# Ours, not Synnefo's: what the watcher did to a VM, for its diagnostics list; and a
+# reconciliation's correction of a row, stamped with the master's clock.
 WATCHER_DIAGNOSTIC = "snf-watcher-diagnostic"
+RECONCILE = "snf-watcher-reconcile"
 PROGRESS_TYPES = frozenset(
     {"image-copy-progress", "image-info", "image-warning", "image-error", "image-helper"}
 )
@@ -128,6 +130,31 @@ def watcher_diagnostic(
     }
 
 
+def correction(
+    *,
+    instance: str,
+    kind: str,
+    event_time: Timestamp,
+    expect_updated: str | None,
+    operstate: str | None = None,
+    flavor: list[int | None] | None = None,
+    nics: list[dict[str, object]] | None = None,
+    job_id: int | None = None,
+) -> dict[str, object]:
+    """A reconciliation's fix of one row; applied only if the row's `updated` is still *expect_updated*."""
+    return {
+        "type": RECONCILE,
+        "instance": instance,
+        "kind": kind,
+        "event_time": event_time,
+        "expect_updated": expect_updated,
+        "operstate": operstate,
+        "flavor": flavor,
+        "nics": nics,
+        "jobId": job_id,
+    }
+
+
 def describe(m: dict[str, object]) -> str:
     """One line naming a message, for logs and listings."""
     subject = m.get("instance") or m.get("network") or "?"
@@ -137,6 +164,8 @@ def describe(m: dict[str, object]) -> str:
     if kind == NET_STATUS:
         nics = m.get("nics")
         return f"{kind} {subject} {len(nics) if isinstance(nics, list) else '?'} NICs ({m.get('hook')})"
+    if kind == RECONCILE:
+        return f"{kind} {subject} {m.get('kind')}"
     if kind == WATCHER_DIAGNOSTIC:
         return f"{kind} {subject} {m.get('level')}: {m.get('message')}"
     return f"{kind} {subject}"

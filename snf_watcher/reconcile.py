@@ -21,12 +21,13 @@ through the outbox so that corrections and events obey the same order.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from snf_watcher import apply
 from snf_watcher.events import GanetiNic, id_from_name
 from snf_watcher.snapshot import Ganeti, Instance
+from snf_watcher.state import Record
 
 # Ganeti's run status -> the operstate Synnefo shows; statuses not here (ERROR_*) say nothing
 # about what the owner wants and are left to the restart policy.
@@ -39,6 +40,10 @@ OPERSTATE = {
 ENDED = frozenset({"success", "error", "canceled", "gone"})
 LIVE = frozenset({"queued", "waiting", "running", "canceling"})
 KINDS = ("stale", "orphan", "operstate", "flavor", "nics", "build", "task")
+SAFE = frozenset(
+    {"operstate", "flavor", "nics", "build", "task"}
+)  # fixed by cron unless configured otherwise
+WARNING, CRITICAL = 1, 2
 DESTRUCTIVE = frozenset({"stale", "orphan"})
 # A BUILD row whose create job Synnefo has not submitted yet (backendjobid NULL) is young,
 # not stuck, for this long.
@@ -247,3 +252,83 @@ def _nics(vm_id: int, name: str, row: Row, inst: Instance, now: datetime) -> lis
             "nics", vm_id, name, gnt, db or "none", "make the NIC rows match", row.updated, nics=inst.nics
         )
     ]
+
+
+# ---------------------------------------------------------------- what to do about them
+
+
+@dataclass(frozen=True)
+class Options:
+    fix: frozenset[str]  # the kinds to fix; the others are reported
+    max_tries: int = 5  # fixes of one finding before giving up on it
+    retry_expiration: float = 8 * 3600.0
+    max_destructive: int = 5  # destructive fixes per pass at most
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finding and what the pass does about it."""
+
+    finding: Finding
+    action: str  # fix, report, confirm (destructive: wait for a second sighting), capped, giving-up, gave-up
+    severity: int  # 1 WARNING (drift), 2 CRITICAL (given up)
+    text: str
+
+
+def decide(
+    found: list[Finding], records: Mapping[str, Record], checked: set[int], opts: Options, now: float
+) -> tuple[list[Outcome], dict[str, Record]]:
+    """What to do about each finding, and the finding records after this pass.
+
+    A destructive fix needs the finding on two consecutive passes (its record
+    from the last one), and at most `max_destructive` run per pass. A fix
+    that does not stick is tried `max_tries` times within `retry_expiration`,
+    then given up (CRITICAL). Records of VMs checked this pass without the
+    finding are dropped: fixed, or gone by themselves.
+    """
+    out: list[Outcome] = []
+    kept = {
+        k: r
+        for k, r in records.items()
+        if r.vm_id not in checked and now - (r.last_attempt or r.first_failure or 0) <= opts.retry_expiration
+    }
+    destructive = 0
+    for f in found:
+        rec = records.get(f.key)
+        if rec is not None and now - (rec.last_attempt or rec.first_failure or 0) > opts.retry_expiration:
+            rec = None
+        seen_before = rec is not None
+        rec = rec or Record(f.instance, f.vm_id, first_failure=now)
+        action, text = _action(f, rec, seen_before, opts, destructive)
+        if action == "fix":
+            destructive += f.destructive
+            rec = replace(rec, attempts=rec.attempts + 1, last_attempt=now)
+        elif action == "giving-up":
+            rec = replace(rec, gave_up=now)
+        kept[f.key] = rec
+        out.append(Outcome(f, action, CRITICAL if action in ("giving-up", "gave-up") else WARNING, text))
+    return out, kept
+
+
+def _action(f: Finding, rec: Record, seen_before: bool, opts: Options, destructive: int) -> tuple[str, str]:
+    if rec.gave_up is not None:
+        return "gave-up", f"gave up after {rec.attempts} fixes that did not stick"
+    if f.kind not in opts.fix:
+        return "report", f"not fixed (--fix-{f.kind} would {f.fix})"
+    if rec.attempts >= opts.max_tries:
+        return "giving-up", f"giving up: {rec.attempts} fixes did not stick"
+    if f.destructive and not seen_before:
+        return "confirm", f"seen once: will {f.fix} if the next pass sees it too"
+    if f.destructive and destructive >= opts.max_destructive:
+        return "capped", f"{opts.max_destructive} destructive fixes per pass at most: next pass"
+    return "fix", f"{f.fix} (fix {rec.attempts + 1} of {opts.max_tries})"
+
+
+def window(ids: Iterable[int], cursor: int, size: int) -> tuple[list[int], int]:
+    """The next *size* VM ids after *cursor*, wrapping around: the least recently checked first."""
+    ordered = sorted(set(ids))
+    if size >= len(ordered):
+        return ordered, 0
+    after = [i for i in ordered if i > cursor]
+    chosen = (after + ordered)[:size]
+    return sorted(chosen), chosen[-1]

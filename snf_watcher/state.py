@@ -47,11 +47,16 @@ class State:
     instances: Mapping[str, Record] = field(default_factory=dict)  # by instance UUID
     nodes: Mapping[str, str] = field(default_factory=dict)  # node name -> boot id last seen
     extra: Mapping[str, Any] = field(default_factory=dict)  # unknown top-level keys, kept
+    # Reconciliation: a record per finding ("<kind>:<vm id>") being fixed or confirmed (name,
+    # vm_id, attempts, first_failure = first seen, last_attempt, gave_up), and where the
+    # staggered checks go on (the last VM id checked).
+    findings: Mapping[str, Record] = field(default_factory=dict)
+    cursor: int = 0
 
 
 # ---------------------------------------------------------------- pure: JSON <-> State
 
-_TOP_KEYS = ("version", "instances", "nodes")
+_TOP_KEYS = ("version", "instances", "nodes", "findings", "cursor")
 
 
 def _count(value: Any) -> int:
@@ -100,8 +105,14 @@ def parse(data: Any) -> tuple[State, list[str]]:
     problems = _version_notes(data)
     instances = _instances(data.get("instances", {}), problems)
     nodes = _nodes(data.get("nodes", {}), problems)
+    findings = _instances(data.get("findings", {}), problems, "findings")
+    try:
+        cursor = _count(data.get("cursor", 0))
+    except ValueError as e:
+        problems.append(f"cursor: expected {e}, got {_show(data.get('cursor'))}; set to 0")
+        cursor = 0
     extra = {k: v for k, v in data.items() if k not in _TOP_KEYS}
-    return State(instances, nodes, extra), problems
+    return State(instances, nodes, findings=findings, cursor=cursor, extra=extra), problems
 
 
 def to_json(state: State) -> dict[str, Any]:
@@ -111,6 +122,8 @@ def to_json(state: State) -> dict[str, Any]:
         "version": VERSION,
         "instances": {uuid: _record_json(r) for uuid, r in state.instances.items()},
         "nodes": dict(state.nodes),
+        **({"findings": {k: _record_json(r) for k, r in state.findings.items()}} if state.findings else {}),
+        **({"cursor": state.cursor} if state.cursor else {}),
     }
 
 
@@ -133,11 +146,11 @@ def _version_notes(data: dict[str, Any]) -> list[str]:
     return []
 
 
-def _instances(data: Any, problems: list[str]) -> dict[str, Record]:
+def _instances(data: Any, problems: list[str], where: str = "instances") -> dict[str, Record]:
     if not isinstance(data, dict):
-        problems.append(f"instances: expected an object, got {_kind(data)}; all records dropped")
+        problems.append(f"{where}: expected an object, got {_kind(data)}; all records dropped")
         return {}
-    records = {uuid: _record(f"instances.{uuid}", value, problems) for uuid, value in data.items()}
+    records = {uuid: _record(f"{where}.{uuid}", value, problems) for uuid, value in data.items()}
     return {uuid: r for uuid, r in records.items() if r is not None}
 
 

@@ -37,7 +37,7 @@ from psycopg2.extras import Json
 
 from snf_watcher import apply, ippool
 from snf_watcher.config import DatabaseConfig
-from snf_watcher.events import BadMessage, Key, NetworkStatus, OpStatus, VmEvent
+from snf_watcher.events import BadMessage, Correction, Key, NetworkStatus, OpStatus, VmEvent
 from snf_watcher.snapshot import Vm
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ VM_COLUMNS = (
     "backendjobstatus",
     "backendlogmsg",
     "backendtime",
+    "updated",
 )
 NETWORK_COLUMNS = (
     "id",
@@ -207,6 +208,13 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, default=datetime.isoformat)
 
 
+def _resizes(ev: VmEvent) -> bool:
+    """Whether *ev* may change a VM's flavor: only then is db_flavor read."""
+    return (isinstance(ev, OpStatus) and ev.resize is not None) or (
+        isinstance(ev, Correction) and ev.kind == "flavor"
+    )
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
@@ -234,7 +242,7 @@ class _Batch:
             return
         rows = self._lock("db_virtualmachine", VM_COLUMNS, "id = ANY(%s)", sorted(by_vm))
         keys = self._keys("vm", list(rows))
-        if any(isinstance(ev, OpStatus) and ev.resize for events in by_vm.values() for ev in events):
+        if any(_resizes(ev) for events in by_vm.values() for ev in events):
             self.flavors = self._flavors()
         plans = {}
         for vm_id in sorted(by_vm):

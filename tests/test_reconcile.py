@@ -231,3 +231,60 @@ def test_a_nic_added_behind_synnefos_back_is_drift():
     assert [(f.kind, f.vm_id, f.ganeti, f.database) for f in found] == [
         ("nics", 102, "0 aa:00:00:88:ba:a8 198.51.100.32", "none")
     ]
+
+
+# ---------------------------------------------------------------- what is done about findings
+
+T0 = 1_795_300_000.0
+OPTS = reconcile.Options(
+    fix=reconcile.SAFE | {"stale"}, max_tries=2, retry_expiration=3600, max_destructive=1
+)
+
+
+def finding(kind: str, vm_id: int) -> reconcile.Finding:
+    return reconcile.Finding(kind, vm_id, f"snf-{vm_id}", "g", "d", "do it")
+
+
+def test_a_destructive_fix_needs_two_consecutive_sightings_and_stays_under_the_cap():
+    found = [finding("stale", 7), finding("stale", 8), finding("orphan", 9)]
+    first, records = reconcile.decide(found, {}, {7, 8, 9}, OPTS, T0)
+    assert [(o.finding.vm_id, o.action) for o in first] == [(7, "confirm"), (8, "confirm"), (9, "report")]
+    second, records = reconcile.decide(found, records, {7, 8, 9}, OPTS, T0 + 300)
+    assert [(o.finding.vm_id, o.action, o.severity) for o in second] == [
+        (7, "fix", 1),
+        (8, "capped", 1),  # one destructive fix per pass
+        (9, "report", 1),  # orphans are not in this pass's fix set
+    ]
+    # a pass that checks 7 and does not see it again drops its record: fixed
+    third, records = reconcile.decide([finding("stale", 8)], records, {7, 8}, OPTS, T0 + 600)
+    assert [(o.finding.vm_id, o.action) for o in third] == [(8, "fix")]
+    assert set(records) == {"stale:8", "orphan:9"}  # 9 was not checked: its record stays
+
+
+def test_a_fix_that_does_not_stick_is_given_up_after_max_tries_then_retried_after_expiry():
+    seen, records, t = [], {}, T0
+    for _ in range(5):
+        outcomes, records = reconcile.decide([finding("operstate", 5)], records, {5}, OPTS, t)
+        seen.append((outcomes[0].action, outcomes[0].severity))
+        t += 300
+    assert seen == [("fix", 1), ("fix", 1), ("giving-up", 2), ("gave-up", 2), ("gave-up", 2)]
+    assert outcomes[0].text == "gave up after 2 fixes that did not stick"
+    outcomes, _ = reconcile.decide([finding("operstate", 5)], records, {5}, OPTS, T0 + 300 + 3601)
+    assert outcomes[0].action == "fix"
+
+
+def test_staggering_checks_every_vm_within_reconciliation_min():
+    """1,000 VMs, a pass every 5 minutes, RECONCILIATION_MIN 30 minutes: each pass checks
+    1,000 x 300 / 1,800 = 167, and every VM is checked within 6 passes, the least recently first."""
+    ids, cursor, last = list(range(1, 1001)), 0, {}
+    size = -(-len(ids) * 300 // 1800)
+    for n in range(18):
+        chosen, cursor = reconcile.window(ids, cursor, size)
+        assert len(chosen) == size
+        for i in chosen:
+            assert n - last.get(i, -1) <= 6, f"VM {i} waited {n - last.get(i, -1)} passes"
+            last[i] = n
+        if n == 2:
+            ids = [*ids, 1001, 5000]  # new VMs are picked up within the cycle too
+    assert set(last) == set(ids)
+    assert reconcile.window([3, 1, 2], 0, 10) == ([1, 2, 3], 0)
