@@ -40,6 +40,16 @@ from snf_watcher.messages import describe
 from snf_watcher.outbox import Outbox, OutboxError
 from snf_watcher.syncdb import DatabaseDown
 
+FIX_HELP = {
+    "stale": "mark rows without an instance DESTROYED (seen on two passes)",
+    "orphan": "remove instances without a live row through RAPI (seen on two passes)",
+    "operstate": "set operstate to what Ganeti runs",
+    "flavor": "move VMs to the flavor their instance has",
+    "nics": "make NIC rows and addresses match Ganeti's NICs",
+    "build": "end BUILD for VMs whose create job ended or vanished",
+    "task": "clear tasks whose job ended or vanished",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -59,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--for", dest="duration", help="how long, e.g. 30m, 2h, 1d (default: until resumed)")
     pa.add_argument("--reason", required=True, help="why, shown by every pass while paused")
     sub.add_parser("resume", help="end a pause made by `snf-watcher pause`")
+    rc = sub.add_parser(
+        "reconcile", help="find differences between Synnefo's database and Ganeti (and fix them with --fix-*)"
+    )
+    rc.add_argument("--all", action="store_true", help="check every VM now, not this pass's staggered share")
+    rc.add_argument("--fix-all", action="store_true", help="fix every kind of drift found")
+    for kind in config.RECONCILE_KINDS:
+        rc.add_argument(f"--fix-{kind}", dest="fix", action="append_const", const=kind, help=FIX_HELP[kind])
+    rc.add_argument("--dry-run", action="store_true", help="decide and report, change nothing")
+    rc.add_argument("--json", action="store_true", help="the report as one JSON object")
     rs = sub.add_parser("reset", help="forget an instance's restart record: a fresh budget")
     rs.add_argument("instance", help="instance name or UUID")
 
@@ -111,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command is None:
             return run_pass(cfg, args.dry_run, args.json, args.debug)
+        if args.command == "reconcile":
+            fix = frozenset(config.RECONCILE_KINDS if args.fix_all else args.fix or ())
+            duties = watcher.Duties(restart=False, fix=fix, check_all=args.all)
+            return run_pass(cfg, args.dry_run, args.json, args.debug, duties)
         if args.command == "status":
             return show_status(cfg, args.json)
         if args.command == "pause":
@@ -131,10 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def run_pass(cfg: config.Config, dry_run: bool, as_json: bool, debug: bool) -> int:
+def run_pass(
+    cfg: config.Config, dry_run: bool, as_json: bool, debug: bool, duties: watcher.Duties = watcher.CRON_PASS
+) -> int:
     """One watcher pass; the exit code is for monitoring (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)."""
     logs.setup(cfg.logging, "snf-watcher", debug)
-    r = watcher.run(cfg, dry_run)
+    r = watcher.run(cfg, dry_run, duties=duties)
     print(json.dumps(report.as_json(r), sort_keys=True) if as_json else report.text(r))
     return r.exit_code
 

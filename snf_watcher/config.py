@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from snf_watcher import DEFAULT_CONFIG as DEFAULT_PATH
 
+# The kinds of drift reconciliation finds (reconcile.KINDS; here so loading a config stays light).
+RECONCILE_KINDS = ("stale", "orphan", "operstate", "flavor", "nics", "build", "task")
 EXIT_CONFIG = 3  # Nagios UNKNOWN: we could not even tell what to check
 
 
@@ -134,6 +136,14 @@ class WatcherConfig:
     # Prometheus textfile-collector file, rewritten atomically by every pass.
     # null: no metrics file.
     metrics_file: str | None = "/var/lib/prometheus/node-exporter/snf_watcher.prom"
+    # Reconciliation: every VM is checked at least once per this many seconds
+    # (RECONCILIATION_MIN); each pass checks its share, least recently checked first.
+    reconcile_min: float = 1800.0
+    # What each pass fixes (the rest it reports): stale, orphan, operstate, flavor,
+    # nics, build, task. Stale rows and orphan instances are destructive fixes.
+    reconcile_fix: tuple[str, ...] = ("operstate", "flavor", "nics", "build", "task")
+    # Destructive fixes (stale rows marked DESTROYED, orphans removed) per pass at most.
+    max_destructive_per_pass: int = 5
 
 
 @dataclass(frozen=True)
@@ -174,6 +184,12 @@ def from_mapping(data: Any, path: str = "<config>") -> Config:
     """Build a Config from parsed YAML; raise ConfigError naming file and key."""
     cfg = _build(Config, data, path, "")
     _check_database(cfg.database, path)
+    unknown = sorted(set(cfg.watcher.reconcile_fix) - set(RECONCILE_KINDS))
+    if unknown:
+        known = ", ".join(RECONCILE_KINDS)
+        raise ConfigError(
+            f"{path}: watcher.reconcile_fix: {', '.join(unknown)}: not a kind of drift ({known})"
+        )
     if not cfg.rapi.url.startswith("https://"):
         raise ConfigError(f"{path}: rapi.url: {cfg.rapi.url!r} is not an https:// URL (RAPI is always TLS)")
     return cfg
@@ -235,6 +251,11 @@ def _convert(hint: Any, value: Any, path: str, key: str) -> Any:
             allowed = ", ".join(repr(c) for c in choices)
             raise ConfigError(f"{path}: {key}: {value!r} is not one of {allowed}")
         return value
+    if origin is tuple:
+        (inner, _) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: {key}: expected a list, got {_kind(value)} {value!r}")
+        return tuple(_convert(inner, item, path, f"{key}[{n}]") for n, item in enumerate(value))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):

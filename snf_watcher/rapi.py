@@ -96,9 +96,16 @@ class Rapi:
 
     def startup(self, instance: str, reason: str) -> int:
         """Submit a startup job, once; *reason* goes into the job's reason trail."""
-        path = f"/2/instances/{quote(instance, safe='')}/startup"
+        return self._submit("PUT", f"/2/instances/{quote(instance, safe='')}/startup", reason)
+
+    def remove(self, instance: str, reason: str) -> int:
+        """Submit the removal of an instance (an orphan), once."""
+        return self._submit("DELETE", f"/2/instances/{quote(instance, safe='')}", reason)
+
+    def _submit(self, method: str, path: str, reason: str) -> int:
+        """A job submission: never repeated, since one that timed out may be queued anyway."""
         try:
-            value = self._request("PUT", path, {"reason": reason})
+            value = self._request(method, path, {"reason": reason})
         except RapiError as e:
             if e.kind in ("timeout", "connection"):
                 raise RapiError(e.kind, f"{e}; the job may be queued anyway: check gnt-job list") from None

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from snf_watcher import apply
+from snf_watcher.config import RECONCILE_KINDS
 from snf_watcher.events import GanetiNic, id_from_name
 from snf_watcher.snapshot import Ganeti, Instance
 from snf_watcher.state import Record
@@ -39,7 +40,7 @@ OPERSTATE = {
 }
 ENDED = frozenset({"success", "error", "canceled", "gone"})
 LIVE = frozenset({"queued", "waiting", "running", "canceling"})
-KINDS = ("stale", "orphan", "operstate", "flavor", "nics", "build", "task")
+KINDS = RECONCILE_KINDS
 SAFE = frozenset(
     {"operstate", "flavor", "nics", "build", "task"}
 )  # fixed by cron unless configured otherwise

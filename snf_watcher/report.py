@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from snf_watcher.config import RECONCILE_KINDS as KINDS
 from snf_watcher.restart import RULES, Policy, Verdict, utc
 from snf_watcher.state import State
 
@@ -34,6 +35,8 @@ class Report:
     rapi_calls: int = 0
     lock_busy: bool = False
     delivered: int | None = None  # messages delivered at the end of the pass (None: not tried)
+    findings: list[dict[str, Any]] = field(default_factory=list)  # reconciliation, see `finding`
+    checked: int = 0  # VMs reconciliation checked
 
     def worst(self, code: int) -> None:
         self.exit_code = max(self.exit_code, code)
@@ -45,6 +48,7 @@ def text(r: Report) -> str:
     for v in r.verdicts:
         job = f" -> job {r.jobs[v.instance]}" if v.instance in r.jobs else ""
         lines.append(f"  {LEVELS[v.severity]:<8} {v.instance} [{v.rule}] {v.text}{job}")
+    lines += [finding_line(f) for f in r.findings]
     lines += [f"  node {n} rebooted since the last pass (boot id changed)" for n in r.rebooted]
     lines += [f"  problem: {p}" for p in r.problems]
     return "\n".join(lines)
@@ -60,9 +64,35 @@ def summary(r: Report) -> str:
         f"{verb} {sum(1 for v in r.verdicts if v.restart)} restarts",
     ]
     parts += [f"{n} {rule}" for rule, n in sorted(rules.items()) if rule not in ("restart",)]
+    if r.checked:
+        kinds = Counter(f["kind"] for f in r.findings)
+        drift = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no drift"
+        parts.append(f"reconciled {r.checked} VMs: {drift}")
     if r.delivered is not None:
         parts.append(f"delivered {r.delivered} events")
     return "; ".join(parts) + f" ({r.finished - r.started:.2f}s, {r.rapi_calls} RAPI calls)"
+
+
+def finding(o: Any, severity: int) -> dict[str, Any]:
+    """A reconcile.Outcome as the report keeps it (plain data, for --json)."""
+    f = o.finding
+    return {
+        "kind": f.kind,
+        "vm_id": f.vm_id,
+        "instance": f.instance,
+        "ganeti": f.ganeti,
+        "database": f.database,
+        "action": o.action,
+        "text": o.text,
+        "severity": severity,
+    }
+
+
+def finding_line(f: dict[str, Any]) -> str:
+    return (
+        f"  {LEVELS[f['severity']]:<8} {f['instance']} [{f['kind']}] Ganeti: {f['ganeti']}; "
+        f"database: {f['database']}; {f['action']}: {f['text']}"
+    )
 
 
 def _statuses(statuses: dict[str, int]) -> str:
@@ -109,6 +139,9 @@ def metrics(r: Report, given_up: int) -> str:
     )
     gauge("given_up", "Instances whose restart budget is spent.", given_up)
     gauge("verdicts", "Instances per rule that fired in the last pass.", {k: rules[k] for k in RULES}, "rule")
+    drift = Counter(f["kind"] for f in r.findings)
+    gauge("drift", "Differences reconciliation found, by kind.", {k: drift[k] for k in KINDS}, "kind")
+    gauge("vms_reconciled", "VMs the last pass's reconciliation checked.", r.checked)
     gauge("lock_busy", "1 if the last pass found another pass holding the state lock.", int(r.lock_busy))
     gauge("rapi_calls", "RAPI requests made by the last pass.", r.rapi_calls)
     return "\n".join(out) + "\n"

@@ -35,7 +35,7 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2.extras import Json
 
-from snf_watcher import apply, ippool
+from snf_watcher import apply, ippool, reconcile
 from snf_watcher.config import DatabaseConfig
 from snf_watcher.events import BadMessage, Correction, Key, NetworkStatus, OpStatus, VmEvent
 from snf_watcher.snapshot import Vm
@@ -173,6 +173,38 @@ class Database:
             self.close()
             raise DatabaseDown(_one_line(e)) from None
 
+    def reconcile_rows(self, vm_ids: Iterable[int]) -> dict[int, reconcile.Row] | None:
+        """These VMs' rows with flavor and NICs, as reconciliation compares them; None when
+        db_backend says this backend is offline (its VMs are then judged by nobody)."""
+        self.connect()
+        assert self.conn is not None
+        try:
+            with self.conn, self.conn.cursor() as cur:
+                cur.execute("SELECT offline FROM db_backend WHERE id = %s", (self.backend_id,))
+                if cur.fetchone()[0]:
+                    return None
+                cur.execute(
+                    "SELECT v.id, v.operstate, v.deleted, v.action, f.id, f.cpu, f.ram, f.disk, "
+                    "f.volume_type_id, v.task, v.task_job_id, v.backendjobid, v.created, v.updated "
+                    "FROM db_virtualmachine v LEFT JOIN db_flavor f ON f.id = v.flavor_id "
+                    "WHERE v.backend_id = %s AND v.id = ANY(%s)",
+                    (self.backend_id, sorted(vm_ids)),
+                )
+                rows = cur.fetchall()
+                nics = nic_rows(cur, [r[0] for r in rows])
+        except psycopg2.Error as e:
+            self.close()
+            raise DatabaseDown(_one_line(e)) from None
+        return {
+            r[0]: reconcile.Row(
+                *r[:4],
+                apply.Flavor(*r[4:9]) if r[4] is not None else None,
+                *r[9:],
+                nics=tuple(nics.get(r[0], ())),
+            )
+            for r in rows
+        }
+
     # -------------------------------------------------------- the batch
 
     def apply(self, vm_events: Iterable[VmEvent], network_events: Iterable[NetworkStatus]) -> BatchResult:
@@ -206,6 +238,32 @@ def _changes(row: dict[str, Any], columns: dict[str, Any]) -> dict[str, Any]:
 def _dumps(value: Any) -> str:
     """JSON for row values; a timestamp goes as ISO 8601, which PostgreSQL parses exactly."""
     return json.dumps(value, default=datetime.isoformat)
+
+
+def nic_rows(cur: Any, vm_ids: Iterable[int], lock: str = "") -> dict[int, list[apply.NicRow]]:
+    """These VMs' NIC rows with their IPv4 addresses (*lock*: " FOR UPDATE" inside a batch)."""
+    vm_ids = sorted(vm_ids)
+    if not vm_ids:
+        return {}
+    cur.execute(
+        'SELECT id, machine_id, network_id, "index", mac, state, created FROM db_networkinterface '
+        f"WHERE machine_id = ANY(%s) ORDER BY id{lock}",
+        (vm_ids,),
+    )
+    nics = cur.fetchall()
+    ips: dict[int, list[apply.IpRow]] = defaultdict(list)
+    if nics:
+        cur.execute(
+            "SELECT id, nic_id, address, floating_ip, network_id, subnet_id FROM db_ipaddress "
+            f"WHERE nic_id = ANY(%s) AND ipversion = 4 AND NOT deleted ORDER BY id{lock}",
+            ([n[0] for n in nics],),
+        )
+        for ip_id, nic_id, address, floating, network_id, subnet_id in cur.fetchall():
+            ips[nic_id].append(apply.IpRow(ip_id, address, floating, network_id, subnet_id))
+    out: dict[int, list[apply.NicRow]] = defaultdict(list)
+    for nic_id, vm_id, network_id, index, mac, state, created in nics:
+        out[vm_id].append(apply.NicRow(nic_id, network_id, index, mac, state, created, tuple(ips[nic_id])))
+    return out
 
 
 def _resizes(ev: VmEvent) -> bool:
@@ -395,29 +453,7 @@ class _Batch:
     # -------------------------------------------------------- NICs and addresses
 
     def _nics(self, vm_ids: list[int]) -> dict[int, list[apply.NicRow]]:
-        if not vm_ids:
-            return {}
-        self.cur.execute(
-            'SELECT id, machine_id, network_id, "index", mac, state, created FROM db_networkinterface '
-            "WHERE machine_id = ANY(%s) ORDER BY id FOR UPDATE",
-            (sorted(vm_ids),),
-        )
-        nics = self.cur.fetchall()
-        ips: dict[int, list[apply.IpRow]] = defaultdict(list)
-        if nics:
-            self.cur.execute(
-                "SELECT id, nic_id, address, floating_ip, network_id, subnet_id FROM db_ipaddress "
-                "WHERE nic_id = ANY(%s) AND ipversion = 4 AND NOT deleted ORDER BY id FOR UPDATE",
-                ([n[0] for n in nics],),
-            )
-            for ip_id, nic_id, address, floating, network_id, subnet_id in self.cur.fetchall():
-                ips[nic_id].append(apply.IpRow(ip_id, address, floating, network_id, subnet_id))
-        out: dict[int, list[apply.NicRow]] = defaultdict(list)
-        for nic_id, vm_id, network_id, index, mac, state, created in nics:
-            out[vm_id].append(
-                apply.NicRow(nic_id, network_id, index, mac, state, created, tuple(ips[nic_id]))
-            )
-        return out
+        return nic_rows(self.cur, vm_ids, " FOR UPDATE")
 
     def _lock_pools(self, network_ids: set[int]) -> None:
         """Lock the IPv4 pools of these networks in id order, and learn their subnets."""

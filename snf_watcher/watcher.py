@@ -11,11 +11,13 @@ restart.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from snf_watcher import (
     atomicfile,
@@ -23,6 +25,7 @@ from snf_watcher import (
     lockfile,
     messages,
     pause,
+    reconcile,
     report,
     restart,
     snapshot,
@@ -30,6 +33,7 @@ from snf_watcher import (
     state,
 )
 from snf_watcher.config import Config
+from snf_watcher.events import NETWORK_PREFIX, id_from_name
 from snf_watcher.rapi import Rapi, RapiError
 from snf_watcher.report import CRITICAL, OK, UNKNOWN, WARNING, Report
 from snf_watcher.syncdb import Database, DatabaseDown
@@ -45,11 +49,25 @@ def policy(cfg: Config) -> restart.Policy:
     return restart.Policy(w.max_tries, w.retry_expiration, w.max_restarts_per_pass, cfg.instance_prefix)
 
 
-def run(cfg: Config, dry_run: bool = False, clock: Callable[[], float] = time.time) -> Report:
+@dataclass(frozen=True)
+class Duties:
+    """What a pass does: cron's pass restarts and reconciles; `snf-watcher reconcile` only reconciles."""
+
+    restart: bool = True
+    fix: frozenset[str] | None = None  # kinds of drift fixed; None: the config's watcher.reconcile_fix
+    check_all: bool = False  # every VM now, not this pass's staggered share
+
+
+CRON_PASS = Duties()
+
+
+def run(
+    cfg: Config, dry_run: bool = False, clock: Callable[[], float] = time.time, duties: Duties = CRON_PASS
+) -> Report:
     """One pass; never raises for what it finds: the report says what happened and how bad it is."""
     r = Report(started=clock(), dry_run=dry_run)
     try:
-        _run(cfg, r, clock)
+        _run(cfg, r, clock, duties)
     finally:
         r.finished = clock()
         if r.headline:
@@ -59,7 +77,7 @@ def run(cfg: Config, dry_run: bool = False, clock: Callable[[], float] = time.ti
     return r
 
 
-def _run(cfg: Config, r: Report, clock: Callable[[], float]) -> None:
+def _run(cfg: Config, r: Report, clock: Callable[[], float], duties: Duties) -> None:
     w = cfg.watcher
     paused, problems = pause.read(w.pause_file, w.ganeti_pause_file, r.started)
     _problems(r, problems, WARNING)
@@ -79,7 +97,7 @@ def _run(cfg: Config, r: Report, clock: Callable[[], float]) -> None:
             _lock_busy(cfg, r, e)
             return
     try:
-        _pass(cfg, r, clock)
+        _pass(cfg, r, clock, duties)
     finally:
         if lock is not None:
             os.close(lock)
@@ -96,7 +114,7 @@ def _lock_busy(cfg: Config, r: Report, e: lockfile.LockBusy) -> None:
         r.worst(WARNING)
 
 
-def _pass(cfg: Config, r: Report, clock: Callable[[], float]) -> None:
+def _pass(cfg: Config, r: Report, clock: Callable[[], float], duties: Duties) -> None:
     rapi = Rapi(cfg.rapi)
     db = Database(cfg.database)
     try:
@@ -119,15 +137,16 @@ def _pass(cfg: Config, r: Report, clock: Callable[[], float]) -> None:
             r.worst(CRITICAL)
             return
         r.statuses = dict(Counter(i.status for i in ganeti.instances))
-        decision = restart.decide(ganeti, vms, old, policy(cfg), clock())
-        r.verdicts, r.rebooted = list(decision.verdicts), list(decision.rebooted)
-        for v in r.verdicts:
-            r.worst(v.severity)
-            if not v.restart or r.dry_run:  # a restart is logged with its job id once submitted
-                log.log(LOG_LEVEL[v.severity], "%s [%s] %s", v.instance, v.rule, v.text)
-        for node in r.rebooted:
-            log.info("node %s rebooted since the last pass (boot id changed)", node)
-        new = decision.state if r.dry_run else _act(cfg, rapi, decision, old, r)
+        new = _restart(cfg, rapi, ganeti, vms, old, r, clock) if duties.restart else old
+        fix = duties.fix if duties.fix is not None else frozenset(cfg.watcher.reconcile_fix)
+        try:
+            new = _reconcile(cfg, rapi, db, ganeti, vms, new, r, clock, fix, duties.check_all)
+        except RapiError as e:
+            r.problems.append(f"reconciliation stopped: {e}")
+            r.worst(CRITICAL)
+        except DatabaseDown as e:
+            r.problems.append(f"reconciliation stopped: database: {e}")
+            r.worst(CRITICAL)
         r.rapi_calls = rapi.calls
         if not r.dry_run:
             state.save(cfg.watcher.state_file, new)
@@ -135,6 +154,108 @@ def _pass(cfg: Config, r: Report, clock: Callable[[], float]) -> None:
     finally:
         rapi.close()
         db.close()
+
+
+def _restart(
+    cfg: Config,
+    rapi: Rapi,
+    ganeti: snapshot.Ganeti,
+    vms: dict[int, snapshot.Vm],
+    old: state.State,
+    r: Report,
+    clock: Callable[[], float],
+) -> state.State:
+    decision = restart.decide(ganeti, vms, old, policy(cfg), clock())
+    r.verdicts, r.rebooted = list(decision.verdicts), list(decision.rebooted)
+    for v in r.verdicts:
+        r.worst(v.severity)
+        if not v.restart or r.dry_run:  # a restart is logged with its job id once submitted
+            log.log(LOG_LEVEL[v.severity], "%s [%s] %s", v.instance, v.rule, v.text)
+    for node in r.rebooted:
+        log.info("node %s rebooted since the last pass (boot id changed)", node)
+    return decision.state if r.dry_run else _act(cfg, rapi, decision, old, r)
+
+
+def _reconcile(
+    cfg: Config,
+    rapi: Rapi,
+    db: Database,
+    ganeti: snapshot.Ganeti,
+    vms: dict[int, snapshot.Vm],
+    st: state.State,
+    r: Report,
+    clock: Callable[[], float],
+    fix: frozenset[str],
+    check_all: bool,
+) -> state.State:
+    """This pass's share of the VMs (and every VM with an open finding), diffed and fixed."""
+    w, prefix = cfg.watcher, cfg.instance_prefix
+    named = (id_from_name(i.name, prefix) for i in ganeti.instances)
+    ids = set(vms) | {i for i in named if i is not None}
+    size = len(ids)
+    if not check_all and w.reconcile_min > 0:
+        size = math.ceil(len(ids) * w.interval / w.reconcile_min)
+    chosen, cursor = reconcile.window(ids, st.cursor, size)
+    checked = set(chosen) | {rec.vm_id for rec in st.findings.values() if rec.vm_id is not None}
+    rows = db.reconcile_rows(checked)
+    if rows is None:
+        r.problems.append(f"backend {cfg.database.backend_id} is offline in db_backend: not reconciled")
+        return st
+    jobs = dict(ganeti.jobs)
+    for job_id in sorted(reconcile.jobs_to_look_up(ganeti, rows.values())):
+        body = rapi.job(job_id)
+        jobs[job_id] = "gone" if body is None else str(body.get("status"))
+    found = reconcile.diff(ganeti, rows, jobs, prefix, datetime.fromtimestamp(r.started, UTC), checked)
+    opts = reconcile.Options(fix, w.max_tries, w.retry_expiration, w.max_destructive_per_pass)
+    outcomes, records = reconcile.decide(found, st.findings, checked, opts, clock())
+    r.checked = len(checked)
+    for o in outcomes:
+        severity = _fix(cfg, rapi, o, r) if o.action == "fix" and not r.dry_run else o.severity
+        r.findings.append(report.finding(o, severity))
+        r.worst(severity)
+        log.log(LOG_LEVEL[severity], "%s", report.finding_line(r.findings[-1]))
+    return replace(st, findings=records, cursor=cursor)
+
+
+def _fix(cfg: Config, rapi: Rapi, o: reconcile.Outcome, r: Report) -> int:
+    """One fix: an orphan through RAPI, anything else as a correction through the outbox."""
+    f = o.finding
+    if f.kind == "orphan":
+        try:
+            job = rapi.remove(f.instance, reason=f"snf-watcher: reconcile: orphan ({f.database})")
+        except RapiError as e:
+            r.problems.append(f"{f.instance}: orphan not removed: {e}")
+            return CRITICAL
+        r.jobs[f.instance] = job
+        return o.severity
+    nics = None
+    if f.nics is not None:
+        nics = [
+            {
+                "name": n.name,
+                "network": f"{NETWORK_PREFIX}{n.network_id}" if n.network_id else None,
+                "mac": n.mac,
+                "ip": n.ipv4,
+            }
+            for n in f.nics
+        ]
+    spool.write(
+        cfg.outbox.spool_dir,
+        messages.correction(
+            instance=f.instance,
+            kind=f.kind,
+            event_time=messages.split_time(r.started),
+            expect_updated=f.updated.isoformat() if f.updated else None,
+            operstate=f.operstate,
+            flavor=list(f.flavor) if f.flavor else None,
+            nics=nics,
+            job_id=f.job_id,
+        ),
+    )
+    text = f"Reconciled by snf-watcher: {f.kind}: Ganeti says {f.ganeti}, the database said {f.database}"
+    text += f"; {f.fix}"
+    _diagnose(cfg, f.instance, f.vm_id, "INFO", text, r.started)
+    return o.severity
 
 
 def _ganeti(rapi: Rapi, old: state.State) -> snapshot.Ganeti:
@@ -175,7 +296,8 @@ def _act(cfg: Config, rapi: Rapi, decision: restart.Decision, old: state.State, 
                 r.jobs[v.instance] = job
                 records[v.uuid] = replace(records[v.uuid], last_job=job)
                 log.info("%s: %s: %s -> startup job %d", v.instance, v.rule, v.text, job)
-                _diagnose(cfg, v, "INFO", f"Restarted by snf-watcher: {v.text}; Ganeti job {job}", r.started)
+                text = f"Restarted by snf-watcher: {v.text}; Ganeti job {job}"
+                _diagnose(cfg, v.instance, v.vm_id, "INFO", text, r.started)
                 continue
         if v.uuid in old.instances:
             records[v.uuid] = old.instances[v.uuid]
@@ -183,20 +305,17 @@ def _act(cfg: Config, rapi: Rapi, decision: restart.Decision, old: state.State, 
             records.pop(v.uuid, None)
     for v in decision.gave_up_now:
         log.error("%s: %s", v.instance, v.text)
-        _diagnose(cfg, v, "ERROR", f"snf-watcher gave up restarting it: {v.text}", r.started)
+        text = f"snf-watcher gave up restarting it: {v.text}"
+        _diagnose(cfg, v.instance, v.vm_id, "ERROR", text, r.started)
     return replace(decision.state, instances=records)
 
 
-def _diagnose(cfg: Config, v: restart.Verdict, level: str, text: str, now: float) -> None:
+def _diagnose(cfg: Config, instance: str, vm_id: int | None, level: str, text: str, now: float) -> None:
     """A diagnostic row for the VM, through the outbox like every other write to Synnefo."""
-    if v.vm_id is None:
+    if vm_id is None:
         return
     message = messages.watcher_diagnostic(
-        instance=v.instance,
-        level=level,
-        message=text[:255],
-        details=text,
-        event_time=messages.split_time(now),
+        instance=instance, level=level, message=text[:255], details=text, event_time=messages.split_time(now)
     )
     spool.write(cfg.outbox.spool_dir, message)
 

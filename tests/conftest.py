@@ -70,3 +70,7 @@ def make_config(tmp_path):
         return str(path)
 
     return make
+
+
+# Last: watcher_pass uses the helpers above.
+from watcher_pass import watch  # noqa: E402, F401  (fixture: whole `snf-watcher` passes)

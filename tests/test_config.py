@@ -42,6 +42,9 @@ ALL_DEFAULTS = {
     "watcher.interval": 300.0,
     "watcher.lock_warning_intervals": 3,
     "watcher.metrics_file": "/var/lib/prometheus/node-exporter/snf_watcher.prom",
+    "watcher.reconcile_min": 1800.0,
+    "watcher.reconcile_fix": ("operstate", "flavor", "nics", "build", "task"),
+    "watcher.max_destructive_per_pass": 5,
     "instance_prefix": "snf-",
 }
 
@@ -134,3 +137,15 @@ def test_rapi_must_be_reached_over_tls(tmp_path):
     assert str(e.value) == (
         f"{path}: rapi.url: 'http://master.example.org:5080' is not an https:// URL (RAPI is always TLS)"
     )
+
+
+def test_reconcile_fix_is_a_list_of_known_kinds(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("watcher:\n  reconcile_fix: [operstate, stale]\n")
+    assert config.load(str(path)).watcher.reconcile_fix == ("operstate", "stale")
+    path.write_text("watcher:\n  reconcile_fix: [operstate, colour]\n")
+    with pytest.raises(config.ConfigError, match="watcher.reconcile_fix: colour: not a kind of drift"):
+        config.load(str(path))
+    path.write_text("watcher:\n  reconcile_fix: operstate\n")
+    with pytest.raises(config.ConfigError, match="watcher.reconcile_fix: expected a list, got str"):
+        config.load(str(path))
