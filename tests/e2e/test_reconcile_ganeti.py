@@ -1,0 +1,206 @@
+"""Reconciliation on a real Ganeti cluster: drift made behind Synnefo's back with `gnt-instance`
+and with the rows, found exactly, then fixed so that a last pass finds nothing.
+
+Six instances snfr-<id> (diskless, 1 vCPU, 64 MiB), each with a row that matches it, then:
+A shut down, B resized to 2 vCPUs, C removed, D's row deleted, E's row set STOPPED while it runs,
+F given a NIC (on Ganeti network snf-net-1, Synnefo's network 1) whose row Synnefo left in BUILD.
+The seed's own VMs are moved to another backend: they are not on this cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import yaml
+
+from e2e.conftest import (
+    BRIDGE,
+    GANETI_DIR,
+    GNT_TIMEOUT,
+    NODE,
+    QUEUE_DIR,
+    RAPI_PASSWORD,
+    RAPI_PORT,
+    RAPI_USER,
+    gnt_exe,
+    gnt_list,
+)
+
+if TYPE_CHECKING:
+    from e2e.conftest import Watcher
+
+pytestmark = [pytest.mark.ganeti, pytest.mark.root]
+
+PREFIX = "snfr-"
+NETWORK = "snf-net-1"  # Synnefo's network 1 (203.0.113.0/24 in the seed) as Ganeti knows it
+NIC_IP = "203.0.113.50"  # free in the seed's pool of network 1
+
+
+def fresh_ids(n: int) -> list[int]:
+    """VM ids no job in the queue has named (a reused sandbox keeps earlier sessions' jobs)."""
+    used = set()
+    for path in Path(QUEUE_DIR).rglob("job-*"):
+        used.update(int(m) for m in re.findall(rb"snfr-(94\d\d)\b", path.read_bytes()))
+    return sorted(set(range(9400, 9500)) - used)[:n]
+
+
+def gnt(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([gnt_exe(argv[0]), *argv[1:]], capture_output=True, text=True, timeout=GNT_TIMEOUT)
+    if check and done.returncode != 0:
+        pytest.fail(f"`{' '.join(argv)}` failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+    return done
+
+
+def status(name: str) -> str:
+    rows = [r for r in gnt_list("gnt-instance", "-o", "name,status") if r[0] == name]
+    return rows[0][1] if rows else "gone"
+
+
+def ensure_network() -> None:
+    if not any(r[0] == NETWORK for r in gnt_list("gnt-network", "-o", "name")):
+        gnt("gnt-network", "add", "--network=203.0.113.0/24", "--gateway=203.0.113.1", NETWORK)
+    connected = [r for r in gnt_list("gnt-network", "-o", "name,group_list") if r[0] == NETWORK]
+    if "default" not in connected[0][1]:
+        gnt("gnt-network", "connect", f"--nic-parameters=mode=bridged,link={BRIDGE}", NETWORK, "default")
+
+
+@pytest.fixture
+def drifted(snf: Watcher, synnefo_db, tmp_path: Path):
+    """The six VMs, in step first, then drifted; yields (ids by letter, run(*args) -> report)."""
+    for (name,) in gnt_list("gnt-instance", "-o", "name"):  # an interrupted session's
+        if name.startswith(PREFIX):
+            gnt("gnt-instance", "remove", "-f", name, check=False)
+    ensure_network()
+    db = synnefo_db
+    ids = dict(zip("ABCDEF", fresh_ids(6), strict=True))
+    db.query(
+        'INSERT INTO db_backend (id, clustername, port, hash, "index", drained, offline, hypervisor, '
+        "updated, mfree, mtotal, dfree, dtotal, pinst_cnt, ctotal, public) VALUES "
+        "(2, 'other.example', 5080, 'x', 1, false, false, 'kvm', now(), 0, 0, 0, 0, 0, 0, true)"
+    )
+    db.query("UPDATE db_virtualmachine SET backend_id = 2")
+    db.query(
+        "INSERT INTO db_flavor (id, cpu, ram, disk, deleted, allow_create, volume_type_id, public) "
+        "VALUES (64, 1, 64, 1, false, true, 1, true), (65, 2, 64, 1, false, true, 1, true)"
+    )
+    for vm in ids.values():
+        db.add_vms(range(vm, vm + 1))
+        gnt(
+            "gnt-instance", "add", "-t", "diskless", "-o", "noop+default", "--no-install", "--no-name-check",
+            "--no-ip-check", "-n", NODE, "--no-nics", "-B", "memory=64M,vcpus=1", f"{PREFIX}{vm}",
+        )  # fmt: skip
+        gnt("gnt-instance", "startup", f"{PREFIX}{vm}")
+    db.query(
+        "UPDATE db_virtualmachine SET operstate = 'STARTED', flavor_id = 64, backend_id = 1 "
+        "WHERE id = ANY(%s)",
+        (list(ids.values()),),
+    )
+
+    password = tmp_path / "rapi.password"
+    password.write_text(RAPI_PASSWORD + "\n")
+    config = tmp_path / "snf-watcher.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "ganeti": yaml.safe_load(snf.config.read_text())["ganeti"],
+                "outbox": {"path": str(tmp_path / "outbox.sqlite"), "spool_dir": str(tmp_path / "spool")},
+                "logging": {"target": "stderr"},
+                "instance_prefix": PREFIX,
+                "database": {"dsn": db.dsn, "backend_id": 1},
+                "rapi": {
+                    "url": f"https://127.0.0.1:{RAPI_PORT}",
+                    "ca_file": f"{GANETI_DIR}/rapi.pem",
+                    "user": RAPI_USER,
+                    "password_file": str(password),
+                },
+                "watcher": {
+                    "state_file": str(tmp_path / "state.json"),
+                    "pause_file": str(tmp_path / "pause.json"),
+                    "metrics_file": None,
+                },
+            }
+        )
+    )
+
+    def run(*args: str) -> dict:
+        argv = [str(Path(sys.executable).parent / "snf-watcher"), "--config", str(config), "reconcile"]
+        done = subprocess.run([*argv, "--all", "--json", *args], capture_output=True, text=True, timeout=120)
+        if not done.stdout.strip():
+            pytest.fail(f"snf-watcher reconcile printed no report (exit {done.returncode}):\n{done.stderr}")
+        return json.loads(done.stdout)
+
+    assert run()["findings"] == [], "the VMs must start in step with their rows"
+
+    a, b, c, d, e, f = ids.values()
+    gnt("gnt-instance", "shutdown", f"{PREFIX}{a}")
+    gnt("gnt-instance", "modify", "-B", "vcpus=2", f"{PREFIX}{b}")
+    gnt("gnt-instance", "remove", "-f", f"{PREFIX}{c}")
+    db.query("UPDATE db_virtualmachine SET deleted = true, operstate = 'DESTROYED' WHERE id = %s", (d,))
+    db.query("UPDATE db_virtualmachine SET operstate = 'STOPPED' WHERE id = %s", (e,))
+    nic = f * 10
+    db.query(
+        'INSERT INTO db_networkinterface (id, name, userid, created, updated, "index", mac, '
+        "firewall_profile, state, public, device_owner, machine_id, network_id) VALUES (%s, '', "
+        "'c4b3a6f0-5e0d-4b7e-9d0a-2f1e3c4d5a01', now() - interval '1 hour', now() - interval '1 hour', 0, "
+        "NULL, NULL, 'BUILD', true, 'vm', %s, 1)",
+        (nic, f),
+    )
+    gnt(
+        "gnt-instance", "modify", "--net", f"add:name=snf-nic-{nic},network={NETWORK},ip={NIC_IP}",
+        f"{PREFIX}{f}",
+    )  # fmt: skip
+    try:
+        yield ids, run
+    finally:
+        for vm in ids.values():
+            gnt("gnt-instance", "remove", "-f", f"{PREFIX}{vm}", check=False)
+
+
+def kinds(report: dict) -> set[tuple[str, int]]:
+    return {(f["kind"], f["vm_id"]) for f in report["findings"]}
+
+
+def test_drift_is_found_exactly_and_fixed_until_a_pass_finds_nothing(drifted, synnefo_db):
+    ids, run = drifted
+    a, b, c, d, e, f = ids.values()
+    expected = {("operstate", a), ("flavor", b), ("stale", c), ("orphan", d), ("operstate", e), ("nics", f)}
+    report = run()
+    assert kinds(report) == expected, json.dumps(report["findings"], indent=1)
+    assert {x["action"] for x in report["findings"]} == {"report"}  # detection only by default
+
+    fixed = run("--fix-all")  # the detection pass was the first sighting of the destructive ones
+    assert {(x["kind"], x["vm_id"], x["action"]) for x in fixed["findings"]} == {
+        (kind, vm, "fix") for kind, vm in expected
+    }
+    job = fixed["jobs"][f"{PREFIX}{d}"]
+    deadline = time.monotonic() + GNT_TIMEOUT
+    while status(f"{PREFIX}{d}") != "gone":
+        assert time.monotonic() < deadline, f"orphan removal job {job} did not finish"
+        time.sleep(0.5)
+
+    assert run("--fix-all")["findings"] == []
+    rows = dict(
+        (vm, (state, flavor, deleted))
+        for vm, state, flavor, deleted in synnefo_db.query(
+            "SELECT id, operstate, flavor_id, deleted FROM db_virtualmachine WHERE id = ANY(%s)",
+            (list(ids.values()),),
+        )
+    )
+    assert rows[a] == ("STOPPED", 64, False)
+    assert rows[b] == ("STARTED", 65, False)
+    assert rows[c] == ("DESTROYED", 64, True)
+    assert rows[e] == ("STARTED", 64, False)
+    (nic,) = synnefo_db.query(
+        "SELECT n.state, n.mac, ip.address FROM db_networkinterface n "
+        "JOIN db_ipaddress ip ON ip.nic_id = n.id AND NOT ip.deleted WHERE n.machine_id = %s",
+        (f,),
+    )
+    ganeti_mac = gnt("gnt-instance", "list", "--no-headers", "-o", "nic.macs", f"{PREFIX}{f}").stdout.strip()
+    assert nic == ("ACTIVE", ganeti_mac, NIC_IP)
