@@ -7,7 +7,8 @@ set -u
 cd "$(dirname "$0")/.." || exit 2
 PYTHON=${PYTHON:-python3}
 failed=""
-for name in eventd_ingest catchup_50k hook_latency delivery_throughput delivery_latency watcher_decide; do
+for name in eventd_ingest catchup_50k hook_latency delivery_throughput delivery_latency watcher_decide \
+    reconcile_detect reconcile_fix; do
     echo "--- $PYTHON bench/$name.py"
     "$PYTHON" "bench/$name.py" || failed="$failed $name"
 done

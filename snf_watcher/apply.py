@@ -250,6 +250,8 @@ def _correction(plan: Plan, ev: Correction, flavors: Flavors) -> None:
         plan.nics, plan.keys["nics"] = NicsPlan("match", ev.time, ev.nics), ev.key
     if ev.kind in ("task", "build") and ev.job_id is not None and cols["task_job_id"] == ev.job_id:
         cols["task"] = cols["task_job_id"] = None
+    if ev.diagnostic is not None:
+        plan.diagnostics.append((ev.diagnostic, ev.time))
 
 
 def _progress(plan: Plan, ev: Progress) -> None:

@@ -112,6 +112,7 @@ class Correction:
     flavor: tuple[int | None, int | None, int | None] | None = None  # vcpus, maxmem MiB, disk MiB
     nics: tuple[GanetiNic, ...] = ()
     job_id: int | None = None
+    diagnostic: Diagnostic | None = None  # written with the fix, not when it is outdated
 
 
 CORRECTION_KINDS = frozenset({"stale", "operstate", "build", "flavor", "nics", "task"})
@@ -243,7 +244,7 @@ def _correction(message: dict[str, Any], vm_id: int) -> Correction:
     if flavor is not None and not (isinstance(flavor, list) and len(flavor) == 3):
         raise BadMessage(f"flavor is {flavor!r}, expected [vcpus, maxmem, disk]")
     nics = message.get("nics")
-    job_id = message.get("jobId")
+    job_id, text = message.get("jobId"), message.get("diagnostic")
     return Correction(
         vm_id,
         order_key(message, pair),
@@ -254,6 +255,7 @@ def _correction(message: dict[str, Any], vm_id: int) -> Correction:
         flavor=tuple(flavor) if flavor is not None else None,
         nics=_ganeti_nics(nics) if isinstance(nics, list) else (),
         job_id=job_id if isinstance(job_id, int) and not isinstance(job_id, bool) else None,
+        diagnostic=Diagnostic("INFO", "snf-watcher", text[:255], text) if isinstance(text, str) else None,
     )
 
 

@@ -140,8 +140,10 @@ def correction(
     flavor: list[int | None] | None = None,
     nics: list[dict[str, object]] | None = None,
     job_id: int | None = None,
+    diagnostic: str | None = None,
 ) -> dict[str, object]:
-    """A reconciliation's fix of one row; applied only if the row's `updated` is still *expect_updated*."""
+    """A reconciliation's fix of one row; applied only if the row's `updated` is still *expect_updated*,
+    and then with *diagnostic* as an INFO row in the VM's diagnostics."""
     return {
         "type": RECONCILE,
         "instance": instance,
@@ -152,6 +154,7 @@ def correction(
         "flavor": flavor,
         "nics": nics,
         "jobId": job_id,
+        "diagnostic": diagnostic,
     }
 
 

@@ -173,9 +173,9 @@ class Database:
             self.close()
             raise DatabaseDown(_one_line(e)) from None
 
-    def reconcile_rows(self, vm_ids: Iterable[int]) -> dict[int, reconcile.Row] | None:
-        """These VMs' rows with flavor and NICs, as reconciliation compares them; None when
-        db_backend says this backend is offline (its VMs are then judged by nobody)."""
+    def reconcile_rows(self, vm_ids: Iterable[int] | None) -> dict[int, reconcile.Row] | None:
+        """These VMs' rows (None: all of this backend) with flavor and NICs, as reconciliation
+        compares them; None when db_backend says this backend is offline (nobody judges its VMs)."""
         self.connect()
         assert self.conn is not None
         try:
@@ -183,15 +183,17 @@ class Database:
                 cur.execute("SELECT offline FROM db_backend WHERE id = %s", (self.backend_id,))
                 if cur.fetchone()[0]:
                     return None
+                which = "" if vm_ids is None else " AND v.id = ANY(%s)"
                 cur.execute(
                     "SELECT v.id, v.operstate, v.deleted, v.action, f.id, f.cpu, f.ram, f.disk, "
                     "f.volume_type_id, v.task, v.task_job_id, v.backendjobid, v.created, v.updated "
                     "FROM db_virtualmachine v LEFT JOIN db_flavor f ON f.id = v.flavor_id "
-                    "WHERE v.backend_id = %s AND v.id = ANY(%s)",
-                    (self.backend_id, sorted(vm_ids)),
+                    f"WHERE v.backend_id = %s{which}",
+                    (self.backend_id,) if vm_ids is None else (self.backend_id, sorted(vm_ids)),
                 )
                 rows = cur.fetchall()
-                nics = nic_rows(cur, [r[0] for r in rows])
+                ids = None if vm_ids is None else [r[0] for r in rows]
+                nics = nic_rows(cur, ids, backend_id=self.backend_id)
         except psycopg2.Error as e:
             self.close()
             raise DatabaseDown(_one_line(e)) from None
@@ -240,23 +242,38 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, default=datetime.isoformat)
 
 
-def nic_rows(cur: Any, vm_ids: Iterable[int], lock: str = "") -> dict[int, list[apply.NicRow]]:
-    """These VMs' NIC rows with their IPv4 addresses (*lock*: " FOR UPDATE" inside a batch)."""
-    vm_ids = sorted(vm_ids)
-    if not vm_ids:
-        return {}
+def nic_rows(
+    cur: Any, vm_ids: Iterable[int] | None, lock: str = "", backend_id: int | None = None
+) -> dict[int, list[apply.NicRow]]:
+    """These VMs' NIC rows with their IPv4 addresses (*lock*: " FOR UPDATE" inside a batch);
+    vm_ids None: every VM of *backend_id* (a join is cheaper than a list of all their ids)."""
+    if vm_ids is None:
+        nic_where, nic_param = (
+            "machine_id IN (SELECT id FROM db_virtualmachine WHERE backend_id = %s)",
+            backend_id,
+        )
+    else:
+        nic_where, nic_param = "machine_id = ANY(%s)", sorted(vm_ids)
+        if not nic_param:
+            return {}
     cur.execute(
         'SELECT id, machine_id, network_id, "index", mac, state, created FROM db_networkinterface '
-        f"WHERE machine_id = ANY(%s) ORDER BY id{lock}",
-        (vm_ids,),
+        f"WHERE {nic_where} ORDER BY id{lock}",
+        (nic_param,),
     )
     nics = cur.fetchall()
     ips: dict[int, list[apply.IpRow]] = defaultdict(list)
     if nics:
+        ip_where, ip_param = "nic_id = ANY(%s)", [n[0] for n in nics]
+        if vm_ids is None:
+            ip_where, ip_param = (
+                f"nic_id IN (SELECT id FROM db_networkinterface WHERE {nic_where})",
+                nic_param,
+            )
         cur.execute(
             "SELECT id, nic_id, address, floating_ip, network_id, subnet_id FROM db_ipaddress "
-            f"WHERE nic_id = ANY(%s) AND ipversion = 4 AND NOT deleted ORDER BY id{lock}",
-            ([n[0] for n in nics],),
+            f"WHERE {ip_where} AND ipversion = 4 AND NOT deleted ORDER BY id{lock}",
+            (ip_param,),
         )
         for ip_id, nic_id, address, floating, network_id, subnet_id in cur.fetchall():
             ips[nic_id].append(apply.IpRow(ip_id, address, floating, network_id, subnet_id))
@@ -385,6 +402,7 @@ class _Batch:
         """
         updates: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
         keys: dict[int, dict[str, Key]] = {}
+        diagnostics: dict[tuple[Any, ...], dict[str, Any]] = {}  # a redelivered one, once
         sql: list[bytes] = []
         for row, plan, _ in plans:
             vm_id = row["id"]
@@ -395,10 +413,17 @@ class _Batch:
                 keys[vm_id] = plan.keys
             if plan.volumes:
                 sql.append(self._volumes(vm_id, plan.volumes))
-            sql += [self._diagnostic(vm_id, diagnostic, when) for diagnostic, when in plan.diagnostics]
+            for d, when in plan.diagnostics:
+                diagnostics.setdefault(
+                    (vm_id, d.source, when, d.message),
+                    {"machine_id": vm_id, "level": d.level, "source": d.source, "source_date": when,
+                     "message": d.message, "details": d.details},
+                )  # fmt: skip
             if plan.nics is not None:
                 self._write_nics(row, plan.nics, nics.get(vm_id, []))
         sql += [self._update("db_virtualmachine", rows) for rows in updates.values()]
+        if diagnostics:
+            sql.append(self._diagnostics(list(diagnostics.values())))
         if keys:
             sql.append(self._upsert_keys("vm", keys))
         if sql:
@@ -428,26 +453,17 @@ class _Batch:
             (state, self.now, vm_id),
         )
 
-    def _diagnostic(self, vm_id: int, d: Any, when: datetime) -> bytes:
-        """Insert a diagnostic unless this very one is there (a redelivered message)."""
+    def _diagnostics(self, rows: list[dict[str, Any]]) -> bytes:
+        """Insert diagnostics, each unless this very one is there (a redelivered message)."""
         return self.cur.mogrify(
             "INSERT INTO db_virtualmachinediagnostic "
             "(created, level, source, source_date, message, details, machine_id) "
-            "SELECT %s, %s, %s, %s, %s, %s, %s WHERE NOT EXISTS (SELECT 1 FROM db_virtualmachinediagnostic "
-            "WHERE machine_id = %s AND source = %s AND source_date = %s AND message = %s)",
-            (
-                self.now,
-                d.level,
-                d.source,
-                when,
-                d.message,
-                d.details,
-                vm_id,
-                vm_id,
-                d.source,
-                when,
-                d.message,
-            ),
+            "SELECT %s, d.level, d.source, d.source_date, d.message, d.details, d.machine_id "
+            "FROM jsonb_to_recordset(%s) AS d(level text, source text, source_date timestamptz, "
+            "message text, details text, machine_id integer) "
+            "WHERE NOT EXISTS (SELECT 1 FROM db_virtualmachinediagnostic x WHERE x.machine_id = d.machine_id "
+            "AND x.source = d.source AND x.source_date = d.source_date AND x.message = d.message)",
+            (self.now, Json(rows, dumps=_dumps)),
         )
 
     # -------------------------------------------------------- NICs and addresses

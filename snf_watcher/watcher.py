@@ -13,11 +13,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import queue
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from snf_watcher import (
     atomicfile,
@@ -33,7 +36,7 @@ from snf_watcher import (
     state,
 )
 from snf_watcher.config import Config
-from snf_watcher.events import NETWORK_PREFIX, id_from_name
+from snf_watcher.events import NETWORK_PREFIX, id_from_name, parse
 from snf_watcher.rapi import Rapi, RapiError
 from snf_watcher.report import CRITICAL, OK, UNKNOWN, WARNING, Report
 from snf_watcher.syncdb import Database, DatabaseDown
@@ -41,6 +44,7 @@ from snf_watcher.syncdb import Database, DatabaseDown
 log = logging.getLogger("snf-watcher")
 
 
+FIX_CONNECTIONS = 2  # database connections a big reconciliation pass applies its fixes on
 LOG_LEVEL = {OK: logging.INFO, WARNING: logging.WARNING, CRITICAL: logging.ERROR, UNKNOWN: logging.ERROR}
 
 
@@ -197,7 +201,7 @@ def _reconcile(
         size = math.ceil(len(ids) * w.interval / w.reconcile_min)
     chosen, cursor = reconcile.window(ids, st.cursor, size)
     checked = set(chosen) | {rec.vm_id for rec in st.findings.values() if rec.vm_id is not None}
-    rows = db.reconcile_rows(checked)
+    rows = db.reconcile_rows(None if checked >= ids else checked)  # all: cheaper by backend than by ids
     if rows is None:
         r.problems.append(f"backend {cfg.database.backend_id} is offline in db_backend: not reconciled")
         return st
@@ -209,25 +213,73 @@ def _reconcile(
     opts = reconcile.Options(fix, w.max_tries, w.retry_expiration, w.max_destructive_per_pass)
     outcomes, records = reconcile.decide(found, st.findings, checked, opts, clock())
     r.checked = len(checked)
+    fixes = [o for o in outcomes if o.action == "fix"] if not r.dry_run else []
+    done = _fix_rows(cfg, db, [o for o in fixes if o.finding.kind != "orphan"], r.started)
+    done |= {o.finding.key: _remove_orphan(rapi, o, r) for o in fixes if o.finding.kind == "orphan"}
     for o in outcomes:
-        severity = _fix(cfg, rapi, o, r) if o.action == "fix" and not r.dry_run else o.severity
-        r.findings.append(report.finding(o, severity))
+        severity, text = done.get(o.finding.key, (o.severity, o.text))
+        r.findings.append(report.finding(replace(o, text=text), severity))
         r.worst(severity)
         log.log(LOG_LEVEL[severity], "%s", report.finding_line(r.findings[-1]))
     return replace(st, findings=records, cursor=cursor)
 
 
-def _fix(cfg: Config, rapi: Rapi, o: reconcile.Outcome, r: Report) -> int:
-    """One fix: an orphan through RAPI, anything else as a correction through the outbox."""
-    f = o.finding
-    if f.kind == "orphan":
+def _fix_rows(
+    cfg: Config, db: Database, fixes: list[reconcile.Outcome], started: float
+) -> dict[str, tuple[int, str]]:
+    """Corrections applied by the engine that applies events, in batches: finding key -> (level, text).
+
+    No detour through the outbox: a correction lost to a crash is found again by
+    the next pass, and the order keys (the pass's start on the master's clock)
+    keep any newer event in front of it all the same. A big pass (thousands of
+    drifted VMs) applies its batches on FIX_CONNECTIONS connections at once:
+    the batches hold disjoint VMs, and one batch's Python work overlaps another's
+    time in the server.
+    """
+    out: dict[str, tuple[int, str]] = {}
+    by_event: dict[int, reconcile.Outcome] = {}
+    events = []
+    for o in sorted(fixes, key=lambda o: o.finding.vm_id):
+        ev = parse(correction_message(o.finding, started), cfg.instance_prefix)
+        by_event[id(ev)] = o
+        events.append(ev)
+    size = max(1, cfg.database.batch_size)
+    batches = [events[i : i + size] for i in range(0, len(events), size)]
+    if len(batches) < 2:
+        results = [db.apply(b, []) for b in batches]
+    else:
+        extra = [Database(cfg.database) for _ in range(FIX_CONNECTIONS - 1)]
+        pool = [db, *extra]
+        free: queue.Queue[Database] = queue.Queue()
+        for conn in pool:
+            free.put(conn)
+
+        def apply_batch(batch: list[Any]) -> Any:
+            conn = free.get()
+            try:
+                return conn.apply(batch, [])
+            finally:
+                free.put(conn)
+
         try:
-            job = rapi.remove(f.instance, reason=f"snf-watcher: reconcile: orphan ({f.database})")
-        except RapiError as e:
-            r.problems.append(f"{f.instance}: orphan not removed: {e}")
-            return CRITICAL
-        r.jobs[f.instance] = job
-        return o.severity
+            with ThreadPoolExecutor(len(pool)) as workers:
+                results = list(workers.map(apply_batch, batches))
+        finally:
+            for conn in extra:
+                conn.close()
+    for result in results:
+        for ev in result.applied:
+            o = by_event[id(ev)]
+            out[o.finding.key] = (o.severity, o.text)
+        for ev, why in result.skipped:
+            out[by_event[id(ev)].finding.key] = (WARNING, f"not fixed: {why}")
+        for ev, why in result.dead:
+            out[by_event[id(ev)].finding.key] = (CRITICAL, f"fix failed: {why}")
+    return out
+
+
+def correction_message(f: reconcile.Finding, started: float) -> dict[str, object]:
+    """The finding's fix as a message, stamped with the pass's start on the master's clock."""
     nics = None
     if f.nics is not None:
         nics = [
@@ -239,23 +291,28 @@ def _fix(cfg: Config, rapi: Rapi, o: reconcile.Outcome, r: Report) -> int:
             }
             for n in f.nics
         ]
-    spool.write(
-        cfg.outbox.spool_dir,
-        messages.correction(
-            instance=f.instance,
-            kind=f.kind,
-            event_time=messages.split_time(r.started),
-            expect_updated=f.updated.isoformat() if f.updated else None,
-            operstate=f.operstate,
-            flavor=list(f.flavor) if f.flavor else None,
-            nics=nics,
-            job_id=f.job_id,
-        ),
+    return messages.correction(
+        instance=f.instance,
+        kind=f.kind,
+        event_time=messages.split_time(started),
+        expect_updated=f.updated.isoformat() if f.updated else None,
+        operstate=f.operstate,
+        flavor=list(f.flavor) if f.flavor else None,
+        nics=nics,
+        job_id=f.job_id,
+        diagnostic=f"Reconciled by snf-watcher: {f.kind}: Ganeti says {f.ganeti}, "
+        f"the database said {f.database}; {f.fix}",
     )
-    text = f"Reconciled by snf-watcher: {f.kind}: Ganeti says {f.ganeti}, the database said {f.database}"
-    text += f"; {f.fix}"
-    _diagnose(cfg, f.instance, f.vm_id, "INFO", text, r.started)
-    return o.severity
+
+
+def _remove_orphan(rapi: Rapi, o: reconcile.Outcome, r: Report) -> tuple[int, str]:
+    f = o.finding
+    try:
+        job = rapi.remove(f.instance, reason=f"snf-watcher: reconcile: orphan ({f.database})")
+    except RapiError as e:
+        return CRITICAL, f"fix failed: {e}"
+    r.jobs[f.instance] = job
+    return o.severity, f"{o.text}: Ganeti job {job}"
 
 
 def _ganeti(rapi: Rapi, old: state.State) -> snapshot.Ganeti:

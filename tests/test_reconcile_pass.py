@@ -100,6 +100,7 @@ def test_the_cap_on_destructive_fixes(make_config, watch, rapi_server, synnefo_d
     rapi_server.set_body(INSTANCES, [i for i in instances({}) if i["name"] not in ("snf-101", "snf-102")])
     cfg = tmp_path / "snf-watcher.yaml"
     cfg.write_text(cfg.read_text().replace("max_tries: 2", "max_tries: 2\n  max_destructive_per_pass: 1"))
+    assert "max_destructive_per_pass: 1" in cfg.read_text()
     reconcile(watch, "--fix-stale")
     stale = [f for f in findings(reconcile(watch, "--fix-stale")[1]) if f[0] == "stale"]
     assert stale == [("stale", 101, "fix"), ("stale", 102, "capped")]
@@ -151,3 +152,15 @@ def test_a_correction_for_a_row_that_changed_since_it_was_seen_is_not_applied(ma
         box.close()
     assert (totals.delivered, totals.skipped, totals.dead) == (0, 1, 0)
     assert vm(synnefo_db, 102)[0] == "STOPPED"
+
+
+def test_many_fixes_are_applied_in_batches_on_two_connections(watch, rapi_server, synnefo_db, tmp_path):
+    cfg = tmp_path / "snf-watcher.yaml"
+    cfg.write_text(cfg.read_text().replace("backend_id: 1", "backend_id: 1\n  batch_size: 1"))
+    assert "batch_size: 1" in cfg.read_text()
+    rapi_server.set_body(INSTANCES, instances({"snf-101": "running"}))
+    synnefo_db.query("UPDATE db_virtualmachine SET operstate = 'STOPPED' WHERE id = 101")
+    synnefo_db.query("UPDATE db_virtualmachine SET operstate = 'STARTED' WHERE id = 102")  # ADMIN_down
+    code, report = reconcile(watch, "--fix-operstate")
+    assert findings(report) == [("operstate", 101, "fix"), ("operstate", 102, "fix")]
+    assert [vm(synnefo_db, i)[0] for i in (101, 102)] == ["STARTED", "STOPPED"]
