@@ -516,3 +516,48 @@ def start_veto(snf: Watcher) -> Iterator[Callable[[], Any]]:
     finally:
         flag.unlink(missing_ok=True)
         VETO_HOOK.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- snf-watcher passes
+
+
+def pass_config(snf: Watcher, dsn: str, tmp_path: Path, prefix: str, **watcher: Any) -> Path:
+    """A config for `snf-watcher` passes against the sandbox's RAPI (forwarded) and *dsn*, with
+    state, outbox and password file in *tmp_path*; *watcher* keys override the watcher section."""
+    password = tmp_path / "rapi.password"
+    password.write_text(RAPI_PASSWORD + "\n")
+    password.chmod(0o600)
+    config = tmp_path / "snf-watcher.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "ganeti": yaml.safe_load(snf.config.read_text())["ganeti"],
+                "outbox": {"path": str(tmp_path / "outbox.sqlite"), "spool_dir": str(tmp_path / "spool")},
+                "logging": {"target": "stderr"},
+                "instance_prefix": prefix,
+                "database": {"dsn": dsn, "backend_id": 1},
+                "rapi": {
+                    "url": f"https://127.0.0.1:{RAPI_PORT}",
+                    "ca_file": f"{GANETI_DIR}/rapi.pem",
+                    "user": RAPI_USER,
+                    "password_file": str(password),
+                },
+                "watcher": {
+                    "state_file": str(tmp_path / "state.json"),
+                    "pause_file": str(tmp_path / "pause.json"),
+                    **watcher,
+                },
+            }
+        )
+    )
+    return config
+
+
+def seed_vms_elsewhere(db: Any) -> None:
+    """The seed's VMs live on another cluster, not this sandbox: a second backend."""
+    db.query(
+        'INSERT INTO db_backend (id, clustername, port, hash, "index", drained, offline, hypervisor, '
+        "updated, mfree, mtotal, dfree, dtotal, pinst_cnt, ctotal, public) VALUES "
+        "(2, 'other.example', 5080, 'x', 1, false, false, 'kvm', now(), 0, 0, 0, 0, 0, 0, true)"
+    )
+    db.query("UPDATE db_virtualmachine SET backend_id = 2")

@@ -18,19 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-import yaml
 
 from e2e.conftest import (
     BRIDGE,
-    GANETI_DIR,
     GNT_TIMEOUT,
     NODE,
     QUEUE_DIR,
-    RAPI_PASSWORD,
-    RAPI_PORT,
-    RAPI_USER,
     gnt_exe,
     gnt_list,
+    pass_config,
+    seed_vms_elsewhere,
 )
 
 if TYPE_CHECKING:
@@ -80,12 +77,7 @@ def drifted(snf: Watcher, synnefo_db, tmp_path: Path):
     ensure_network()
     db = synnefo_db
     ids = dict(zip("ABCDEF", fresh_ids(6), strict=True))
-    db.query(
-        'INSERT INTO db_backend (id, clustername, port, hash, "index", drained, offline, hypervisor, '
-        "updated, mfree, mtotal, dfree, dtotal, pinst_cnt, ctotal, public) VALUES "
-        "(2, 'other.example', 5080, 'x', 1, false, false, 'kvm', now(), 0, 0, 0, 0, 0, 0, true)"
-    )
-    db.query("UPDATE db_virtualmachine SET backend_id = 2")
+    seed_vms_elsewhere(db)
     db.query(
         "INSERT INTO db_flavor (id, cpu, ram, disk, deleted, allow_create, volume_type_id, public) "
         "VALUES (64, 1, 64, 1, false, true, 1, true), (65, 2, 64, 1, false, true, 1, true)"
@@ -103,31 +95,7 @@ def drifted(snf: Watcher, synnefo_db, tmp_path: Path):
         (list(ids.values()),),
     )
 
-    password = tmp_path / "rapi.password"
-    password.write_text(RAPI_PASSWORD + "\n")
-    config = tmp_path / "snf-watcher.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "ganeti": yaml.safe_load(snf.config.read_text())["ganeti"],
-                "outbox": {"path": str(tmp_path / "outbox.sqlite"), "spool_dir": str(tmp_path / "spool")},
-                "logging": {"target": "stderr"},
-                "instance_prefix": PREFIX,
-                "database": {"dsn": db.dsn, "backend_id": 1},
-                "rapi": {
-                    "url": f"https://127.0.0.1:{RAPI_PORT}",
-                    "ca_file": f"{GANETI_DIR}/rapi.pem",
-                    "user": RAPI_USER,
-                    "password_file": str(password),
-                },
-                "watcher": {
-                    "state_file": str(tmp_path / "state.json"),
-                    "pause_file": str(tmp_path / "pause.json"),
-                    "metrics_file": None,
-                },
-            }
-        )
-    )
+    config = pass_config(snf, db.dsn, tmp_path, PREFIX, metrics_file=None)
 
     def run(*args: str) -> dict:
         argv = [str(Path(sys.executable).parent / "snf-watcher"), "--config", str(config), "reconcile"]

@@ -19,18 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-import yaml
 
 from e2e.conftest import (
-    GANETI_DIR,
     GNT_TIMEOUT,
     NODE,
     QUEUE_DIR,
-    RAPI_PASSWORD,
-    RAPI_PORT,
-    RAPI_USER,
     gnt_exe,
     gnt_list,
+    pass_config,
+    seed_vms_elsewhere,
 )
 
 if TYPE_CHECKING:
@@ -60,41 +57,11 @@ class Cron:
         self.sandbox, self.db = sandbox, db
         self.vm_id = unused_vm_id()
         self.name = f"{PREFIX}{self.vm_id}"
-        password = tmp_path / "rapi.password"
-        password.write_text(RAPI_PASSWORD + "\n")
-        password.chmod(0o600)
-        self.config = tmp_path / "snf-watcher.yaml"
-        self.config.write_text(
-            yaml.safe_dump(
-                {
-                    "ganeti": yaml.safe_load(snf.config.read_text())["ganeti"],
-                    "outbox": {"path": str(tmp_path / "outbox.sqlite"), "spool_dir": str(tmp_path / "spool")},
-                    "logging": {"target": "stderr"},
-                    "instance_prefix": PREFIX,
-                    "database": {"dsn": db.dsn, "backend_id": 1},
-                    "rapi": {
-                        "url": f"https://127.0.0.1:{RAPI_PORT}",
-                        "ca_file": f"{GANETI_DIR}/rapi.pem",
-                        "user": RAPI_USER,
-                        "password_file": str(password),
-                    },
-                    "watcher": {
-                        "state_file": str(tmp_path / "state.json"),
-                        "pause_file": str(tmp_path / "pause.json"),
-                        "metrics_file": str(tmp_path / "snf_watcher.prom"),
-                        "max_tries": 2,
-                    },
-                }
-            )
+        self.config = pass_config(
+            snf, db.dsn, tmp_path, PREFIX, metrics_file=str(tmp_path / "snf_watcher.prom"), max_tries=2
         )
+        seed_vms_elsewhere(db)
         db.add_vms(range(self.vm_id, self.vm_id + 1))
-        # The seed's VMs live on another cluster, not this sandbox: a second backend.
-        db.query(
-            'INSERT INTO db_backend (id, clustername, port, hash, "index", drained, offline, hypervisor, '
-            "updated, mfree, mtotal, dfree, dtotal, pinst_cnt, ctotal, public) VALUES "
-            "(2, 'other.example', 5080, 'x', 1, false, false, 'kvm', now(), 0, 0, 0, 0, 0, 0, true)"
-        )
-        db.query("UPDATE db_virtualmachine SET backend_id = 2 WHERE id <> %s", (self.vm_id,))
         # The row as Synnefo would have it for the instance `add` makes (1 vCPU, 64 MiB, no disk,
         # no NIC): reconciliation, which every pass does too, finds no drift in it.
         db.query(
@@ -102,7 +69,9 @@ class Cron:
             "VALUES (64, 1, 64, 1, false, true, 1, true) ON CONFLICT DO NOTHING"
         )
         db.query(
-            "UPDATE db_virtualmachine SET operstate = 'STARTED', flavor_id = 64 WHERE id = %s", (self.vm_id,)
+            "UPDATE db_virtualmachine SET operstate = 'STARTED', flavor_id = 64, backend_id = 1 "
+            "WHERE id = %s",
+            (self.vm_id,),
         )
 
     def add(self, snf: Watcher) -> None:
