@@ -1,11 +1,12 @@
-"""One cron pass of the watcher: the imperative shell around `restart.decide`.
+"""One cron pass of the watcher: the imperative shell around `restart.decide` and `reconcile`.
 
 The order of the steps is the design: nothing is decided before both
-snapshots are taken, nothing is changed when RAPI does not answer, no job is
-waited for while the state lock is held (a startup job's outcome is read on
-the next pass), and the state is saved before the outbox is flushed, so a
-crash in between costs at most an unrecorded diagnostic, never a second
-restart.
+snapshots are taken (Ganeti's first), nothing is changed when RAPI does not
+answer, no job is waited for while the state lock is held (a startup job's
+outcome is read on the next pass), reconciliation's fixes go through the
+apply engine that events go through, and the state is saved before the
+outbox is flushed, so a crash in between costs at most an unrecorded
+diagnostic, never a second restart.
 """
 
 from __future__ import annotations
