@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from snf_watcher import apply
 from snf_watcher.config import RECONCILE_KINDS
 from snf_watcher.events import GanetiNic, id_from_name
-from snf_watcher.snapshot import Ganeti, Instance
+from snf_watcher.snapshot import ENDED, IN_FLIGHT, Ganeti, Instance
 from snf_watcher.state import Record
 
 # Ganeti's run status -> the operstate Synnefo shows; statuses not here (ERROR_*) say nothing
@@ -38,8 +38,6 @@ OPERSTATE = {
     "USER_down": "STOPPED",
     "ADMIN_offline": "STOPPED",
 }
-ENDED = frozenset({"success", "error", "canceled", "gone"})
-LIVE = frozenset({"queued", "waiting", "running", "canceling"})
 KINDS = RECONCILE_KINDS
 SAFE = frozenset(
     {"operstate", "flavor", "nics", "build", "task"}
@@ -144,7 +142,7 @@ def _busy(ganeti: Ganeti, inst: Instance) -> bool:
 
 
 def _job_live(job_id: int | None, jobs: Mapping[int, str]) -> bool:
-    return job_id is not None and jobs.get(job_id) in LIVE
+    return job_id is not None and jobs.get(job_id) in IN_FLIGHT
 
 
 def _server(
@@ -291,12 +289,12 @@ def decide(
     kept = {
         k: r
         for k, r in records.items()
-        if r.vm_id not in checked and now - (r.last_attempt or r.first_failure or 0) <= opts.retry_expiration
+        if r.vm_id not in checked and not r.expired(now, opts.retry_expiration)
     }
     destructive = 0
     for f in found:
         rec = records.get(f.key)
-        if rec is not None and now - (rec.last_attempt or rec.first_failure or 0) > opts.retry_expiration:
+        if rec is not None and rec.expired(now, opts.retry_expiration):
             rec = None
         seen_before = rec is not None
         rec = rec or Record(f.instance, f.vm_id, first_failure=now)

@@ -151,8 +151,7 @@ def status(s: State, policy: Policy, now: float) -> list[dict[str, Any]]:
     """Every restart record as `snf-watcher status` shows it, oldest failure first."""
     rows = []
     for uuid, rec in sorted(s.instances.items(), key=lambda kv: (kv[1].first_failure or 0, kv[1].name)):
-        since = rec.last_attempt if rec.last_attempt is not None else rec.first_failure
-        expires = since + policy.retry_expiration if since is not None else None
+        expires = rec.since + policy.retry_expiration if rec.since is not None else None
         rows.append(
             {
                 "instance": rec.name,

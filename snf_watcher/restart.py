@@ -21,12 +21,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from snf_watcher.events import id_from_name
-from snf_watcher.snapshot import Ganeti, Instance, Vm
+from snf_watcher.snapshot import ENDED, Ganeti, Instance, Vm
 from snf_watcher.state import Record, State
 
 BAD = "ERROR_down"
 HELPLESS = frozenset({"ERROR_nodedown", "ERROR_nodeoffline"})
-FINAL_JOB = frozenset({"success", "error", "canceled", "gone"})
 
 OK, WARNING, CRITICAL = 0, 1, 2
 
@@ -151,10 +150,9 @@ def _live_records(ganeti: Ganeti, state: State, policy: Policy, now: float) -> d
     present = {i.uuid for i in ganeti.instances}
     out = {}
     for uuid, record in state.instances.items():
-        since = record.last_attempt if record.last_attempt is not None else record.first_failure
-        if uuid not in present or since is None or now - since > policy.retry_expiration:
+        if uuid not in present or record.expired(now, policy.retry_expiration):
             continue
-        if record.last_job is not None and record.last_job_status not in FINAL_JOB:
+        if record.last_job is not None and record.last_job_status not in ENDED:
             status = ganeti.jobs.get(record.last_job, record.last_job_status)
             record = replace(record, last_job_status=status)
         out[uuid] = record

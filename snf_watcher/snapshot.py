@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from snf_watcher.events import NETWORK_PREFIX, NIC_PREFIX, GanetiNic, id_from_name
+from snf_watcher.messages import FINAL_STATUSES
 
 IN_FLIGHT = frozenset({"queued", "waiting", "running", "canceling"})
+# A job whose outcome is known for good: finished, or "gone" (Ganeti does not know its id).
+ENDED = FINAL_STATUSES | {"gone"}
 
 
 class BadSnapshot(Exception):

@@ -41,6 +41,15 @@ class Record:
     gave_up: float | None = None  # epoch when the budget ran out (None: still trying)
     extra: Mapping[str, Any] = field(default_factory=dict)  # keys a newer version wrote: kept as they are
 
+    @property
+    def since(self) -> float | None:
+        """What the record's age counts from: its last attempt, or (never attempted) its first failure."""
+        return self.last_attempt if self.last_attempt is not None else self.first_failure
+
+    def expired(self, now: float, expiration: float) -> bool:
+        """Forgotten RETRY_EXPIRATION after `since`; a record with no time at all is forgotten too."""
+        return self.since is None or now - self.since > expiration
+
 
 @dataclass(frozen=True)
 class State:

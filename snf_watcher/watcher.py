@@ -206,10 +206,7 @@ def _reconcile(
     if rows is None:
         r.problems.append(f"backend {cfg.database.backend_id} is offline in db_backend: not reconciled")
         return st
-    jobs = dict(ganeti.jobs)
-    for job_id in sorted(reconcile.jobs_to_look_up(ganeti, rows.values())):
-        body = rapi.job(job_id)
-        jobs[job_id] = "gone" if body is None else str(body.get("status"))
+    jobs = {**ganeti.jobs, **_job_statuses(rapi, reconcile.jobs_to_look_up(ganeti, rows.values()))}
     found = reconcile.diff(ganeti, rows, jobs, prefix, datetime.fromtimestamp(r.started, UTC), checked)
     opts = reconcile.Options(fix, w.max_tries, w.retry_expiration, w.max_destructive_per_pass)
     outcomes, records = reconcile.decide(found, st.findings, checked, opts, clock())
@@ -324,14 +321,20 @@ def _ganeti(rapi: Rapi, old: state.State) -> snapshot.Ganeti:
         rec.last_job
         for rec in old.instances.values()
         if rec.last_job is not None
-        and rec.last_job_status not in restart.FINAL_JOB
+        and rec.last_job_status not in snapshot.ENDED
         and rec.last_job not in g.jobs
     }
-    found = {}
-    for job_id in sorted(asked):
-        body = rapi.job(job_id)
-        found[job_id] = "gone" if body is None else str(body.get("status"))
+    found = _job_statuses(rapi, asked)
     return replace(g, jobs={**g.jobs, **found}) if found else g
+
+
+def _job_statuses(rapi: Rapi, job_ids: set[int]) -> dict[int, str]:
+    """Each job's status, looked up by id (archived jobs too); "gone" for one Ganeti never had."""
+    out = {}
+    for job_id in sorted(job_ids):
+        body = rapi.job(job_id)
+        out[job_id] = "gone" if body is None else str(body.get("status"))
+    return out
 
 
 def _act(cfg: Config, rapi: Rapi, decision: restart.Decision, old: state.State, r: Report) -> state.State:
