@@ -25,7 +25,8 @@ import ipaddress
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -155,48 +156,50 @@ class Database:
             self.conn.close()
             self.conn = None
 
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        """A cursor inside one transaction; a database error becomes DatabaseDown, a lost
+        connection is dropped (the next call connects again)."""
+        self.connect()
+        assert self.conn is not None
+        try:
+            with self.conn, self.conn.cursor() as cur:
+                yield cur
+        except psycopg2.Error as e:
+            if isinstance(e, (psycopg2.OperationalError, psycopg2.InterfaceError)) or self.conn.closed:
+                self.close()
+            raise DatabaseDown(_one_line(e)) from None
+
     # -------------------------------------------------------- the watcher's snapshot
 
     def vms(self) -> dict[int, Vm]:
         """Every VM row of this backend, as far as the watcher needs it: what its owner wants."""
-        self.connect()
-        assert self.conn is not None
-        try:
-            with self.conn, self.conn.cursor() as cur:
-                cur.execute(
-                    "SELECT id, operstate, deleted, task, task_job_id FROM db_virtualmachine "
-                    "WHERE backend_id = %s",
-                    (self.backend_id,),
-                )
-                return {row[0]: Vm(*row) for row in cur.fetchall()}
-        except psycopg2.Error as e:
-            self.close()
-            raise DatabaseDown(_one_line(e)) from None
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT id, operstate, deleted, task, task_job_id FROM db_virtualmachine "
+                "WHERE backend_id = %s",
+                (self.backend_id,),
+            )
+            return {row[0]: Vm(*row) for row in cur.fetchall()}
 
     def reconcile_rows(self, vm_ids: Iterable[int] | None) -> dict[int, reconcile.Row] | None:
         """These VMs' rows (None: all of this backend) with flavor and NICs, as reconciliation
         compares them; None when db_backend says this backend is offline (nobody judges its VMs)."""
-        self.connect()
-        assert self.conn is not None
-        try:
-            with self.conn, self.conn.cursor() as cur:
-                cur.execute("SELECT offline FROM db_backend WHERE id = %s", (self.backend_id,))
-                if cur.fetchone()[0]:
-                    return None
-                which = "" if vm_ids is None else " AND v.id = ANY(%s)"
-                cur.execute(
-                    "SELECT v.id, v.operstate, v.deleted, v.action, f.id, f.cpu, f.ram, f.disk, "
-                    "f.volume_type_id, v.task, v.task_job_id, v.backendjobid, v.created, v.updated "
-                    "FROM db_virtualmachine v LEFT JOIN db_flavor f ON f.id = v.flavor_id "
-                    f"WHERE v.backend_id = %s{which}",
-                    (self.backend_id,) if vm_ids is None else (self.backend_id, sorted(vm_ids)),
-                )
-                rows = cur.fetchall()
-                ids = None if vm_ids is None else [r[0] for r in rows]
-                nics = nic_rows(cur, ids, backend_id=self.backend_id)
-        except psycopg2.Error as e:
-            self.close()
-            raise DatabaseDown(_one_line(e)) from None
+        with self._transaction() as cur:
+            cur.execute("SELECT offline FROM db_backend WHERE id = %s", (self.backend_id,))
+            if cur.fetchone()[0]:
+                return None
+            which = "" if vm_ids is None else " AND v.id = ANY(%s)"
+            cur.execute(
+                "SELECT v.id, v.operstate, v.deleted, v.action, f.id, f.cpu, f.ram, f.disk, "
+                "f.volume_type_id, v.task, v.task_job_id, v.backendjobid, v.created, v.updated "
+                "FROM db_virtualmachine v LEFT JOIN db_flavor f ON f.id = v.flavor_id "
+                f"WHERE v.backend_id = %s{which}",
+                (self.backend_id,) if vm_ids is None else (self.backend_id, sorted(vm_ids)),
+            )
+            rows = cur.fetchall()
+            ids = None if vm_ids is None else [r[0] for r in rows]
+            nics = nic_rows(cur, ids, backend_id=self.backend_id)
         return {
             r[0]: reconcile.Row(
                 *r[:4],
@@ -211,25 +214,18 @@ class Database:
 
     def apply(self, vm_events: Iterable[VmEvent], network_events: Iterable[NetworkStatus]) -> BatchResult:
         """Apply a batch in one transaction; DatabaseDown when it could not commit."""
-        self.connect()
-        assert self.conn is not None
         by_vm: dict[int, list[VmEvent]] = defaultdict(list)
         for ev in vm_events:
             by_vm[ev.vm_id].append(ev)
         by_net: dict[int, list[NetworkStatus]] = defaultdict(list)
         for nev in network_events:
             by_net[nev.network_id].append(nev)
-        try:
-            with self.conn, self.conn.cursor() as cur:
-                cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
-                batch = _Batch(cur, self.backend_id, self.clock())
-                batch.vms(by_vm)
-                batch.networks(by_net)
-                return batch.result
-        except psycopg2.Error as e:
-            if isinstance(e, (psycopg2.OperationalError, psycopg2.InterfaceError)) or self.conn.closed:
-                self.close()
-            raise DatabaseDown(_one_line(e)) from None
+        with self._transaction() as cur:
+            cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            batch = _Batch(cur, self.backend_id, self.clock())
+            batch.vms(by_vm)
+            batch.networks(by_net)
+            return batch.result
 
 
 def _changes(row: dict[str, Any], columns: dict[str, Any]) -> dict[str, Any]:
