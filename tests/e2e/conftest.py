@@ -205,6 +205,25 @@ def gnt_list(command: str, *args: str) -> list[list[str]]:
     return [line.split("|") for line in proc.stdout.splitlines() if line.strip()]
 
 
+def remove_instances(prefix: str) -> None:
+    """Remove every instance whose name starts with *prefix* (an interrupted session's leftovers)."""
+    for (name,) in gnt_list("gnt-instance", "-o", "name"):
+        if name.startswith(prefix):
+            subprocess.run(
+                [gnt_exe("gnt-instance"), "remove", "-f", name], capture_output=True, timeout=GNT_TIMEOUT
+            )
+
+
+def unused_ids(prefix: str, first: int, count: int = 1) -> list[int]:
+    """*count* ids from *first* on (within 100) that no job in the queue, live or archived, names as
+    <prefix><id>: Synnefo never reuses ids, and a reused sandbox still holds earlier sessions' jobs."""
+    pattern = re.compile(re.escape(prefix).encode() + rb"(\d+)\b")
+    used = set()
+    for path in Path(QUEUE_DIR).rglob("job-*"):
+        used.update(int(m) for m in pattern.findall(path.read_bytes()))
+    return sorted(set(range(first, first + 100)) - used)[:count]
+
+
 # ---------------------------------------------------------------- snf-watcher
 
 
@@ -462,11 +481,7 @@ def snf(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     # Leftovers of an interrupted session (with SNF_E2E_REUSE=1): no stale hooks,
     # no instances whose names the tests use.
     _remove_our_hooks()
-    for (name,) in gnt_list("gnt-instance", "-o", "name"):
-        if name.startswith("snf-9"):
-            subprocess.run(
-                [gnt_exe("gnt-instance"), "remove", "-f", name], capture_output=True, timeout=GNT_TIMEOUT
-            )
+    remove_instances("snf-9")
 
     w.start_eventd()
     try:

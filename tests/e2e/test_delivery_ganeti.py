@@ -7,7 +7,6 @@ which exists in a real PostgreSQL loaded with the Synnefo seed.
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 import yaml
 
-from e2e.conftest import QUEUE_DIR, WAIT, _tail
+from e2e.conftest import WAIT, _tail, unused_ids
 from e2e.test_ganeti_events import add_instance
 
 if TYPE_CHECKING:
@@ -26,18 +25,10 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.ganeti, pytest.mark.root]
 
 
-def unused_vm_id() -> int:
-    """A VM id no job in the queue (live or archived) has named: Synnefo never reuses ids, a
-    reused sandbox cluster may still hold jobs of an earlier session's instance of that name."""
-    used = set()
-    for path in Path(QUEUE_DIR).rglob("job-*"):
-        used.update(int(m) for m in re.findall(rb"snf-(92\d\d)\b", path.read_bytes()))
-    return min(set(range(9200, 9300)) - used)
-
-
 @pytest.fixture
 def vm_id(snf: Watcher) -> int:
-    return unused_vm_id()
+    (vm,) = unused_ids("snf-", 9200)
+    return vm
 
 
 @pytest.fixture

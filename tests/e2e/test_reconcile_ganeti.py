@@ -10,7 +10,6 @@ The seed's own VMs are moved to another backend: they are not on this cluster.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import time
@@ -23,11 +22,12 @@ from e2e.conftest import (
     BRIDGE,
     GNT_TIMEOUT,
     NODE,
-    QUEUE_DIR,
     gnt_exe,
     gnt_list,
     pass_config,
+    remove_instances,
     seed_vms_elsewhere,
+    unused_ids,
 )
 
 if TYPE_CHECKING:
@@ -38,14 +38,6 @@ pytestmark = [pytest.mark.ganeti, pytest.mark.root]
 PREFIX = "snfr-"
 NETWORK = "snf-net-1"  # Synnefo's network 1 (203.0.113.0/24 in the seed) as Ganeti knows it
 NIC_IP = "203.0.113.50"  # free in the seed's pool of network 1
-
-
-def fresh_ids(n: int) -> list[int]:
-    """VM ids no job in the queue has named (a reused sandbox keeps earlier sessions' jobs)."""
-    used = set()
-    for path in Path(QUEUE_DIR).rglob("job-*"):
-        used.update(int(m) for m in re.findall(rb"snfr-(94\d\d)\b", path.read_bytes()))
-    return sorted(set(range(9400, 9500)) - used)[:n]
 
 
 def gnt(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -71,12 +63,10 @@ def ensure_network() -> None:
 @pytest.fixture
 def drifted(snf: Watcher, synnefo_db, tmp_path: Path):
     """The six VMs, in step first, then drifted; yields (ids by letter, run(*args) -> report)."""
-    for (name,) in gnt_list("gnt-instance", "-o", "name"):  # an interrupted session's
-        if name.startswith(PREFIX):
-            gnt("gnt-instance", "remove", "-f", name, check=False)
+    remove_instances(PREFIX)  # an interrupted session's
     ensure_network()
     db = synnefo_db
-    ids = dict(zip("ABCDEF", fresh_ids(6), strict=True))
+    ids = dict(zip("ABCDEF", unused_ids(PREFIX, 9400, 6), strict=True))
     seed_vms_elsewhere(db)
     db.query(
         "INSERT INTO db_flavor (id, cpu, ram, disk, deleted, allow_create, volume_type_id, public) "

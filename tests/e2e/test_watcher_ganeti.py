@@ -11,7 +11,6 @@ and Synnefo row in a real PostgreSQL with the seed.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import time
@@ -23,11 +22,12 @@ import pytest
 from e2e.conftest import (
     GNT_TIMEOUT,
     NODE,
-    QUEUE_DIR,
     gnt_exe,
     gnt_list,
     pass_config,
+    remove_instances,
     seed_vms_elsewhere,
+    unused_ids,
 )
 
 if TYPE_CHECKING:
@@ -41,21 +41,12 @@ FAKE_HV = "/var/run/ganeti/fake-hypervisor"
 PREFIX = "snfw-"
 
 
-def unused_vm_id() -> int:
-    """A VM id no job in the queue (live or archived) has named: a reused sandbox cluster may
-    still hold jobs of an earlier session's instance of that name."""
-    used = set()
-    for path in Path(QUEUE_DIR).rglob("job-*"):
-        used.update(int(m) for m in re.findall(rb"snfw-(93\d\d)\b", path.read_bytes()))
-    return min(set(range(9300, 9400)) - used)
-
-
 class Cron:
     """`snf-watcher` with a config of its own, as cron would run it; and the instance it watches."""
 
     def __init__(self, snf: Watcher, sandbox: Sandbox, db, tmp_path: Path) -> None:
         self.sandbox, self.db = sandbox, db
-        self.vm_id = unused_vm_id()
+        (self.vm_id,) = unused_ids(PREFIX, 9300)
         self.name = f"{PREFIX}{self.vm_id}"
         self.config = pass_config(
             snf, db.dsn, tmp_path, PREFIX, metrics_file=str(tmp_path / "snf_watcher.prom"), max_tries=2
@@ -145,11 +136,7 @@ class Cron:
 
 @pytest.fixture
 def cron(snf: Watcher, sandbox: Sandbox, synnefo_db, tmp_path: Path):
-    for (name,) in gnt_list("gnt-instance", "-o", "name"):  # an interrupted session's, with no row
-        if name.startswith(PREFIX):
-            subprocess.run(
-                [gnt_exe("gnt-instance"), "remove", "-f", name], capture_output=True, timeout=GNT_TIMEOUT
-            )
+    remove_instances(PREFIX)  # an interrupted session's, with no row
     c = Cron(snf, sandbox, synnefo_db, tmp_path)
     c.add(snf)
     try:
