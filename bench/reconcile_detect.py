@@ -401,7 +401,7 @@ def child(params_file: str) -> int:
     _, found, look_up = ours_run(db, vm_ids, body, jobs_body, nodes)
     out["peak_growth"] = rss()[1] - rss0  # ours, with the pass's vms() held, as in a pass
     out["rss_before"] = rss0
-    out["findings"] = [(f.vm_id, f.kind) for f in found]
+    out["findings"] = [(f.id, f.kind) for f in found]
     out["look_up"] = look_up
     del found, vms
     gc.collect()

@@ -98,7 +98,7 @@ def outcomes(cfg: config.Config, ids: range, flavor: tuple[int, int, int], now: 
     if len(found) != len(ids) or kinds != {("operstate", "STARTED")}:
         sys.exit(f"setup: {len(found)} findings of kinds {kinds}, expected {len(ids)} operstate STARTED")
     opts = reconcile.Options(fix=frozenset({"operstate"}))
-    decided, _ = reconcile.decide(found, {}, set(ids), opts, now)
+    decided, _ = reconcile.decide(found, {}, {f"vm:{i}" for i in ids}, opts, now)
     if {o.action for o in decided} != {"fix"}:
         sys.exit(f"setup: actions {sorted({o.action for o in decided})}, expected fix only")
     return decided
@@ -156,17 +156,17 @@ def run_baseline(dsn: str, decided: list[Any], now: float) -> tuple[float, float
             )
             text += f"; {f.fix}"
             with conn.cursor() as cur:
-                cur.execute("SELECT * FROM db_virtualmachine WHERE id = %s FOR UPDATE", (f.vm_id,))
+                cur.execute("SELECT * FROM db_virtualmachine WHERE id = %s FOR UPDATE", (f.id,))
                 if cur.fetchone() is None:
-                    sys.exit(f"baseline: no VM {f.vm_id}")
+                    sys.exit(f"baseline: no VM {f.id}")
                 cur.execute(
                     "UPDATE db_virtualmachine SET operstate = %s, updated = %s WHERE id = %s",
-                    (f.operstate, datetime.now(UTC), f.vm_id),
+                    (f.operstate, datetime.now(UTC), f.id),
                 )
                 cur.execute(
                     "INSERT INTO db_virtualmachinediagnostic (created, level, source, source_date, message, "
                     "details, machine_id) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    (datetime.now(UTC), "INFO", SOURCE, started, text[:255], text, f.vm_id),
+                    (datetime.now(UTC), "INFO", SOURCE, started, text[:255], text, f.id),
                 )
             conn.commit()
         elapsed = time.perf_counter() - t0

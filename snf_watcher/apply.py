@@ -29,6 +29,8 @@ from snf_watcher.events import (
     GanetiNic,
     Key,
     NetStatus,
+    NetworkCorrection,
+    NetworkEvent,
     NetworkStatus,
     OpStatus,
     Progress,
@@ -130,9 +132,9 @@ def fold_vm(columns: dict[str, Any], keys: dict[str, Key], events: Iterable[Any]
     return _fold(columns, keys, events, f"VM {columns['id']}", lambda plan, ev: _vm_event(plan, ev, flavors))
 
 
-def fold_network(columns: dict[str, Any], keys: dict[str, Key], events: Iterable[NetworkStatus]) -> Plan:
+def fold_network(columns: dict[str, Any], keys: dict[str, Key], events: Iterable[NetworkEvent]) -> Plan:
     """Apply a network's events in key order to its db_backendnetwork row."""
-    return _fold(columns, keys, events, f"network {columns['network_id']} on this backend", _network_status)
+    return _fold(columns, keys, events, f"network {columns['network_id']} on this backend", _network_event)
 
 
 def _fold(
@@ -262,11 +264,34 @@ def _progress(plan: Plan, ev: Progress) -> None:
         plan.diagnostics.append((ev.diagnostic, ev.time))
 
 
+def _network_event(plan: Plan, ev: NetworkEvent) -> None:
+    if isinstance(ev, NetworkCorrection):
+        _network_correction(plan, ev)
+    elif _job(plan, ev, "OP_NETWORK_REMOVE"):
+        _network_removed(plan, ev)
+    else:
+        _network_status(plan, ev)
+
+
+def _network_removed(plan: Plan, ev: NetworkEvent) -> None:
+    plan.columns.update(operstate="DELETED", deleted=True, backendtime=ev.time)
+    plan.keys["oper"] = plan.keys["removed"] = ev.key
+
+
+def _network_correction(plan: Plan, ev: NetworkCorrection) -> None:
+    """What reconciliation saw: the network gone from Ganeti (stale), or there and connected."""
+    if ev.expect_updated is not None and plan.columns["updated"] != ev.expect_updated:
+        raise Outdated(
+            f"network {plan.columns['network_id']} changed since reconciliation saw it: "
+            "judged again next pass"
+        )
+    if ev.kind == "network-stale":
+        _network_removed(plan, ev)
+    elif plan.newer("oper", ev.key):
+        plan.columns["operstate"], plan.keys["oper"] = "ACTIVE", ev.key
+
+
 def _network_status(plan: Plan, ev: NetworkStatus) -> None:
-    if _job(plan, ev, "OP_NETWORK_REMOVE"):
-        plan.columns.update(operstate="DELETED", deleted=True, backendtime=ev.time)
-        plan.keys["oper"] = plan.keys["removed"] = ev.key
-        return
     state = NETWORK_OPER_ON_SUCCESS.get(ev.opcode) if ev.status == "success" else None
     if ev.opcode == "OP_NETWORK_ADD" and ev.status in FAILED:
         state = "ERROR"

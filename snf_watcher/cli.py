@@ -48,6 +48,12 @@ FIX_HELP = {
     "nics": "make NIC rows and addresses match Ganeti's NICs",
     "build": "end BUILD for VMs whose create job ended or vanished",
     "task": "clear tasks whose job ended or vanished",
+    "network-stale": "mark backend networks DELETED whose network is destroyed and gone from Ganeti",
+    "network-missing": "create wanted networks Ganeti lacks, connected to every node group",
+    "network-orphan": "disconnect and remove Ganeti networks without a live row (seen on two passes)",
+    "network-groups": "connect networks to the node groups they miss",
+    "network-unsynced": "mark backend networks ACTIVE that Ganeti has connected everywhere",
+    "pool": "rebuild IP pool maps from the addresses in use and Ganeti's reservations",
 }
 
 

@@ -18,7 +18,21 @@ from typing import Any, Literal
 from snf_watcher import DEFAULT_CONFIG as DEFAULT_PATH
 
 # The kinds of drift reconciliation finds (reconcile.KINDS; here so loading a config stays light).
-RECONCILE_KINDS = ("stale", "orphan", "operstate", "flavor", "nics", "build", "task")
+RECONCILE_KINDS = (
+    "stale",
+    "orphan",
+    "operstate",
+    "flavor",
+    "nics",
+    "build",
+    "task",
+    "network-stale",
+    "network-missing",
+    "network-orphan",
+    "network-groups",
+    "network-unsynced",
+    "pool",
+)
 EXIT_CONFIG = 3  # Nagios UNKNOWN: we could not even tell what to check
 
 
@@ -140,8 +154,20 @@ class WatcherConfig:
     # (RECONCILIATION_MIN); each pass checks its share, least recently checked first.
     reconcile_min: float = 1800.0
     # What each pass fixes (the rest it reports): stale, orphan, operstate, flavor,
-    # nics, build, task. Stale rows and orphan instances are destructive fixes.
-    reconcile_fix: tuple[str, ...] = ("operstate", "flavor", "nics", "build", "task")
+    # nics, build, task, network-stale, network-missing, network-orphan,
+    # network-groups, network-unsynced, pool. Stale rows, orphan instances and
+    # orphan networks are destructive fixes; network-missing and network-groups
+    # change Ganeti (create a network, connect it to a node group).
+    reconcile_fix: tuple[str, ...] = (
+        "operstate",
+        "flavor",
+        "nics",
+        "build",
+        "task",
+        "network-stale",
+        "network-unsynced",
+        "pool",
+    )
     # Destructive fixes (stale rows marked DESTROYED, orphans removed) per pass at most.
     max_destructive_per_pass: int = 5
 

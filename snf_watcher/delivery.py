@@ -119,7 +119,7 @@ class Delivery:
                 log.info("skipped %s: %s", describe(entry.message), ev.reason)
                 continue
             seq_of[id(ev)] = entry.seq
-            (network_events if isinstance(ev, events.NetworkStatus) else vm_events).append(ev)
+            (network_events if isinstance(ev, events.NetworkEvent) else vm_events).append(ev)
         result = self.db.apply(vm_events, network_events)
         if self.outage.down:
             self.outage.recovered(time.time(), self.outbox.pending_count())

@@ -115,9 +115,22 @@ class Correction:
     diagnostic: Diagnostic | None = None  # written with the fix, not when it is outdated
 
 
+@dataclass(frozen=True)
+class NetworkCorrection:
+    """A reconciliation's fix of a network's db_backendnetwork row (messages.network_correction)."""
+
+    network_id: int
+    key: Key
+    time: datetime
+    kind: str  # network-stale (the network is gone: DELETED), network-unsynced (it is there: ACTIVE)
+    expect_updated: datetime | None  # the row's `updated` when seen; None: there was no row
+
+
 CORRECTION_KINDS = frozenset({"stale", "operstate", "build", "flavor", "nics", "task"})
+NETWORK_CORRECTION_KINDS = frozenset({"network-stale", "network-unsynced"})
 VmEvent = OpStatus | NetStatus | Progress | Correction
-Event = VmEvent | NetworkStatus
+NetworkEvent = NetworkStatus | NetworkCorrection
+Event = VmEvent | NetworkEvent
 
 
 def parse(message: dict[str, Any], prefix: str) -> Event | Skip:
@@ -127,6 +140,8 @@ def parse(message: dict[str, Any], prefix: str) -> Event | Skip:
     kind = message.get("type")
     if kind == messages.NETWORK_STATUS:
         return _network_status(message)
+    if kind == messages.RECONCILE and "network" in message:
+        return _network_correction(message)
     name = _field(message, "instance", str)
     vm_id = id_from_name(name, prefix)
     if vm_id is None:
@@ -230,16 +245,30 @@ def _net_status(message: dict[str, Any], vm_id: int) -> NetStatus:
     return NetStatus(vm_id, order_key(message, pair), when, _ganeti_nics(_field(message, "nics", list)))
 
 
-def _correction(message: dict[str, Any], vm_id: int) -> Correction:
-    pair, when = _time(message)
+def _correction_kind(message: dict[str, Any], kinds: frozenset[str]) -> tuple[str, datetime | None]:
     kind = _field(message, "kind", str)
-    if kind not in CORRECTION_KINDS:
+    if kind not in kinds:
         raise BadMessage(f"kind {kind!r} is not a correction the watcher makes")
     expect = message.get("expect_updated")
     try:
-        expect_updated = datetime.fromisoformat(expect) if isinstance(expect, str) else None
+        return kind, datetime.fromisoformat(expect) if isinstance(expect, str) else None
     except ValueError:
         raise BadMessage(f"expect_updated is {expect!r}, expected an ISO 8601 time") from None
+
+
+def _network_correction(message: dict[str, Any]) -> NetworkCorrection | Skip:
+    name = _field(message, "network", str)
+    network_id = id_from_name(name, NETWORK_PREFIX)
+    if network_id is None:
+        return Skip(f"network {name!r} is not named {NETWORK_PREFIX}<id>")
+    pair, when = _time(message)
+    kind, expect_updated = _correction_kind(message, NETWORK_CORRECTION_KINDS)
+    return NetworkCorrection(network_id, order_key(message, pair), when, kind, expect_updated)
+
+
+def _correction(message: dict[str, Any], vm_id: int) -> Correction:
+    pair, when = _time(message)
+    kind, expect_updated = _correction_kind(message, CORRECTION_KINDS)
     flavor = message.get("flavor")
     if flavor is not None and not (isinstance(flavor, list) and len(flavor) == 3):
         raise BadMessage(f"flavor is {flavor!r}, expected [vcpus, maxmem, disk]")

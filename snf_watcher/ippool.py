@@ -6,14 +6,17 @@ a big-endian bit array, 1 = free, padded with 0 bits to whole bytes; an
 address is free only when its bit is 1 in both (reserved_map holds the
 external reservations: gateway, admin-reserved addresses). Delivery returns
 the address of a removed NIC to its pool and takes the new address of a NIC
-whose IP changed, exactly as Synnefo's pool code would.
+whose IP changed, exactly as Synnefo's pool code would; reconciliation
+compares a pool with the addresses in use (`drift`) and rebuilds it from
+them (`repaired`).
 """
 
 from __future__ import annotations
 
 import base64
 import ipaddress
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 
 class PoolError(ValueError):
@@ -89,9 +92,11 @@ def _with_available(pool: Pool, address: str, free: bool) -> Pool:
     i = _index(pool, address)
     bits = _bits(pool, pool.available_map, "available_map")
     _set(bits, i, free)
-    return Pool(
-        pool.id, base64.b64encode(bytes(bits)).decode(), pool.reserved_map, pool.size, pool.base, pool.offset
-    )
+    return replace(pool, available_map=_encode(bits))
+
+
+def _encode(bits: bytearray) -> str:
+    return base64.b64encode(bytes(bits)).decode()
 
 
 def release(pool: Pool, address: str) -> Pool:
@@ -104,3 +109,78 @@ def reserve(pool: Pool, address: str) -> Pool:
     if not is_free(pool, address):
         raise PoolError(f"{address} is already in use in IP pool {pool.id} ({pool.base})")
     return _with_available(pool, address, False)
+
+
+# ---------------------------------------------------------------- consistency (reconciliation)
+
+
+@dataclass(frozen=True)
+class Drift:
+    """How a pool disagrees with the addresses in use; empty when it agrees."""
+
+    used_but_free: tuple[str, ...] = ()  # in use, yet the pool would hand them out again
+    taken_unused: tuple[str, ...] = ()  # taken in the pool, yet no address row holds them: leaked
+    reserved_free: tuple[str, ...] = ()  # Ganeti keeps them from instances, yet the pool offers them
+    duplicates: tuple[str, ...] = ()  # held by more than one address row: no map can fix that
+
+    def __bool__(self) -> bool:
+        return bool(self.used_but_free or self.taken_unused or self.reserved_free or self.duplicates)
+
+
+def _indexes(pool: Pool, addresses: Iterable[str]) -> tuple[dict[int, str], list[str]]:
+    """The pool's bit of each address it covers (others are outside: a gateway, another subnet),
+    and the addresses seen more than once."""
+    if not pool.base:
+        raise PoolError(f"IP pool {pool.id} has no base subnet")
+    net = ipaddress.ip_network(pool.base, strict=False)
+    first = int(net.network_address) + (pool.offset or 0)
+    out: dict[int, str] = {}
+    twice = []
+    for address in addresses:
+        try:
+            addr = ipaddress.ip_address(address)
+        except ValueError:
+            continue
+        i = int(addr) - first
+        if addr.version != net.version or not 0 <= i < pool.size:
+            continue
+        if i in out:
+            twice.append(address)
+        out[i] = address
+    return out, sorted(set(twice), key=ipaddress.ip_address)
+
+
+def _address(pool: Pool, i: int) -> str:
+    net = ipaddress.ip_network(pool.base or "", strict=False)
+    return str(net.network_address + (pool.offset or 0) + i)
+
+
+def drift(pool: Pool, used: Iterable[str], reserved: Iterable[str] = ()) -> Drift:
+    """Compare the pool with the addresses rows hold (*used*) and those Ganeti reserves externally."""
+    in_use, twice = _indexes(pool, used)
+    kept, _ = _indexes(pool, reserved)
+    available = _bits(pool, pool.available_map, "available_map")
+    outside = _bits(pool, pool.reserved_map, "reserved_map")
+    used_free = [i for i in sorted(in_use) if _get(available, i)]
+    leaked = [i for i in range(pool.size) if not _get(available, i) and i not in in_use]
+    reserved_free = [i for i in sorted(kept) if _get(available, i) and _get(outside, i) and i not in in_use]
+    return Drift(
+        tuple(in_use[i] for i in used_free),
+        tuple(_address(pool, i) for i in leaked),
+        tuple(kept[i] for i in reserved_free),
+        tuple(twice),
+    )
+
+
+def repaired(pool: Pool, used: Iterable[str], reserved: Iterable[str] = ()) -> Pool:
+    """The pool with exactly the addresses in use taken, and Ganeti's reservations kept from use."""
+    in_use, _ = _indexes(pool, used)
+    kept, _ = _indexes(pool, reserved)
+    available = _bits(pool, pool.available_map, "available_map")
+    outside = _bits(pool, pool.reserved_map, "reserved_map")
+    for i in range(pool.size):
+        _set(available, i, i not in in_use)
+    for i in kept:
+        if i not in in_use:
+            _set(outside, i, False)
+    return replace(pool, available_map=_encode(available), reserved_map=_encode(outside))

@@ -158,6 +158,20 @@ def correction(
     }
 
 
+def network_correction(
+    *, network: str, kind: str, event_time: Timestamp, expect_updated: str | None
+) -> dict[str, object]:
+    """A reconciliation's fix of a network's db_backendnetwork row (created if missing); applied only
+    if the row's `updated` is still *expect_updated*."""
+    return {
+        "type": RECONCILE,
+        "network": network,
+        "kind": kind,
+        "event_time": event_time,
+        "expect_updated": expect_updated,
+    }
+
+
 def describe(m: dict[str, object]) -> str:
     """One line naming a message, for logs and listings."""
     subject = m.get("instance") or m.get("network") or "?"

@@ -94,6 +94,12 @@ class Rapi:
         answer = self._get(f"/2/query/node?fields={fields}", _is_node_query, f"a query answer with {fields}")
         return query_rows(answer)
 
+    def networks(self) -> list[dict]:
+        return self._get("/2/networks?bulk=1", lambda v: _records(v, "name", str), "a list of networks")
+
+    def groups(self) -> list[dict]:
+        return self._get("/2/groups?bulk=1", lambda v: _records(v, "name", str), "a list of node groups")
+
     def startup(self, instance: str, reason: str) -> int:
         """Submit a startup job, once; *reason* goes into the job's reason trail."""
         return self._submit("PUT", f"/2/instances/{quote(instance, safe='')}/startup", reason)
@@ -102,10 +108,44 @@ class Rapi:
         """Submit the removal of an instance (an orphan), once."""
         return self._submit("DELETE", f"/2/instances/{quote(instance, safe='')}", reason)
 
-    def _submit(self, method: str, path: str, reason: str) -> int:
+    def create_network(self, body: dict[str, object], reason: str) -> int:
+        return self._submit("POST", "/2/networks", reason, body)
+
+    def connect_network(
+        self,
+        network: str,
+        group: str,
+        mode: str,
+        link: str,
+        conflicts_check: bool,
+        reason: str,
+        after: int | None = None,
+    ) -> int:
+        """Connect a network to a node group; *after*: a job this one waits for (its success)."""
+        body: dict[str, object] = {
+            "group_name": group,
+            "network_mode": mode,
+            "network_link": link,
+            "conflicts_check": conflicts_check,
+        }
+        if after is not None:
+            body["depends"] = _depends(after)
+        return self._submit("PUT", f"/2/networks/{quote(network, safe='')}/connect", reason, body)
+
+    def disconnect_network(self, network: str, group: str, reason: str) -> int:
+        body = {"group_name": group}
+        return self._submit("PUT", f"/2/networks/{quote(network, safe='')}/disconnect", reason, body)
+
+    def remove_network(self, network: str, reason: str, after: tuple[int, ...] = ()) -> int:
+        """Remove a network (Ganeti refuses while it is connected to a node group); *after*: jobs
+        this one waits for, the disconnections."""
+        body = {"depends": _depends(*after)} if after else None
+        return self._submit("DELETE", f"/2/networks/{quote(network, safe='')}", reason, body)
+
+    def _submit(self, method: str, path: str, reason: str, body: dict[str, object] | None = None) -> int:
         """A job submission: never repeated, since one that timed out may be queued anyway."""
         try:
-            value = self._request(method, path, {"reason": reason})
+            value = self._request(method, path, {"reason": reason}, body)
         except RapiError as e:
             if e.kind in ("timeout", "connection"):
                 raise RapiError(e.kind, f"{e}; the job may be queued anyway: check gnt-job list") from None
@@ -135,9 +175,15 @@ class Rapi:
                 time.sleep(delay)
                 attempt += 1
 
-    def _request(self, method: str, path: str, params: dict[str, str] | None = None) -> Any:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        body: dict[str, object] | None = None,
+    ) -> Any:
         url = self._base + path
-        options = {"auth": self._auth, "verify": self.cfg.ca_file, "timeout": self.cfg.timeout}
+        options = {"auth": self._auth, "verify": self.cfg.ca_file, "timeout": self.cfg.timeout, "json": body}
         self.calls += 1
         try:
             resp = self._session.request(method, url, params=params, allow_redirects=False, **options)
@@ -205,6 +251,11 @@ class Rapi:
             text = f"answered HTTP 200 with JSON that is not {expected}: {got}"
             raise RapiError("bad-json", f"RAPI {self._base}{path}: {text}")
         return value
+
+
+def _depends(*jobs: int) -> list[list[object]]:
+    """Ganeti's job dependencies (an opcode's `depends`): wait for these jobs, run only if all succeeded."""
+    return [[job, ["success"]] for job in jobs]
 
 
 def query_rows(answer: Any) -> list[dict] | None:

@@ -24,10 +24,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from snf_watcher import apply
-from snf_watcher.config import RECONCILE_KINDS
-from snf_watcher.events import GanetiNic, id_from_name
-from snf_watcher.snapshot import ENDED, IN_FLIGHT, Ganeti, Instance
+from snf_watcher import apply, ippool
+from snf_watcher.config import RECONCILE_KINDS, WatcherConfig
+from snf_watcher.events import NETWORK_PREFIX, GanetiNic, id_from_name
+from snf_watcher.snapshot import ENDED, IN_FLIGHT, Ganeti, Instance, Network
 from snf_watcher.state import Record
 
 # Ganeti's run status -> the operstate Synnefo shows; statuses not here (ERROR_*) say nothing
@@ -39,11 +39,11 @@ OPERSTATE = {
     "ADMIN_offline": "STOPPED",
 }
 KINDS = RECONCILE_KINDS
-SAFE = frozenset(
-    {"operstate", "flavor", "nics", "build", "task"}
-)  # fixed by cron unless configured otherwise
+NETWORK_KINDS = ("network-stale", "network-missing", "network-orphan", "network-groups", "network-unsynced")
+SAFE = frozenset(WatcherConfig.reconcile_fix)  # fixed by cron unless configured otherwise
+SUBJECT = {**{kind: "network" for kind in NETWORK_KINDS}, "pool": "pool"}  # any other kind: "vm"
 WARNING, CRITICAL = 1, 2
-DESTRUCTIVE = frozenset({"stale", "orphan"})
+DESTRUCTIVE = frozenset({"stale", "orphan", "network-orphan"})
 # A BUILD row whose create job Synnefo has not submitted yet (backendjobid NULL) is young,
 # not stuck, for this long.
 BUILD_GRACE = timedelta(minutes=10)
@@ -67,12 +67,61 @@ class Row:
 
 
 @dataclass(frozen=True)
+class Subnet:
+    version: int  # 4 or 6
+    cidr: str
+    gateway: str | None
+    dhcp: bool
+
+
+@dataclass(frozen=True)
+class BackendNetworkRow:
+    """A network's db_backendnetwork row for this backend."""
+
+    id: int
+    operstate: str
+    deleted: bool
+    job_id: int | None
+    created: datetime
+    updated: datetime
+
+
+@dataclass(frozen=True)
+class NetworkRow:
+    """A db_network row, with what this backend's Ganeti needs to hold it."""
+
+    id: int
+    deleted: bool
+    action: str | None
+    public: bool
+    mode: str | None
+    link: str | None
+    tags: tuple[str, ...]
+    mac_prefix: str  # this backend's: the network's prefix and the backend's index
+    subnets: tuple[Subnet, ...] = ()
+    backend: BackendNetworkRow | None = None
+
+    @property
+    def wanted(self) -> bool:
+        return not self.deleted and self.action != "DESTROY"
+
+
+@dataclass(frozen=True)
+class PoolRows:
+    """An IPv4 pool as the database has it, the addresses rows hold in it, and its network."""
+
+    pool: ippool.Pool
+    network_id: int
+    used: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Finding:
     """One difference: what Ganeti says, what the database says, what fixing it does."""
 
     kind: str  # one of KINDS
-    vm_id: int
-    instance: str  # Ganeti's name for it (the name it would have, for a stale row)
+    id: int  # the VM's, the network's or the pool's (SUBJECT[kind] says which)
+    name: str  # Ganeti's name for it (the name it would have, for a stale row)
     ganeti: str
     database: str
     fix: str
@@ -82,6 +131,13 @@ class Finding:
     flavor: tuple[int | None, int | None, int | None] | None = None
     nics: tuple[GanetiNic, ...] | None = None
     job_id: int | None = None
+    # Networks: the row, and the node groups to connect (or disconnect, for an orphan).
+    network: NetworkRow | None = None
+    groups: tuple[str, ...] = ()
+    # Pools: the pool as seen (the fix applies only if it is unchanged), and what Ganeti reserves.
+    pool: ippool.Pool | None = None
+    reserved: tuple[str, ...] = ()
+    blocked: str | None = None  # why no fix can be made now (it is reported, not tried)
 
     @property
     def destructive(self) -> bool:
@@ -90,7 +146,17 @@ class Finding:
     @property
     def key(self) -> str:
         """Names the same finding across passes (the two-pass rule, the retry budget)."""
-        return f"{self.kind}:{self.vm_id}"
+        return f"{self.kind}:{self.id}"
+
+    @property
+    def subject(self) -> str:
+        return f"{SUBJECT.get(self.kind, 'vm')}:{self.id}"
+
+
+def subject_of(key: str) -> str:
+    """The subject a finding record's key is about ("vm:101", "network:3", "pool:1")."""
+    kind, _, ident = key.rpartition(":")
+    return f"{SUBJECT.get(kind, 'vm')}:{ident}"
 
 
 def jobs_to_look_up(ganeti: Ganeti, rows: Iterable[Row]) -> set[int]:
@@ -253,6 +319,219 @@ def _nics(vm_id: int, name: str, row: Row, inst: Instance, now: datetime) -> lis
     ]
 
 
+# ---------------------------------------------------------------- networks and pools
+
+
+def networks_to_read(ganeti: Ganeti) -> set[int]:
+    """Ids of the Synnefo networks Ganeti has: their rows are read even without a backend row."""
+    ids = (id_from_name(n.name, NETWORK_PREFIX) for n in ganeti.networks)
+    return {i for i in ids if i is not None}
+
+
+def network_diff(
+    ganeti: Ganeti, rows: Mapping[int, NetworkRow], jobs: Mapping[int, str], now: datetime
+) -> list[Finding]:
+    """Findings about this backend's networks (every one of them: they are few), by network id.
+
+    *rows*: the networks with a db_backendnetwork row here, and those Ganeti has.
+    A network with a job in flight (Ganeti's, or the one its row waits for)
+    is not judged, nor one whose row is younger than BUILD_GRACE (Synnefo
+    writes the row before it submits the job that creates the network).
+    """
+    gnets: dict[int, Network] = {}
+    for n in ganeti.networks:
+        net_id = id_from_name(n.name, NETWORK_PREFIX)
+        if net_id is not None:
+            gnets[net_id] = n
+    out: list[Finding] = []
+    for net_id in sorted(set(rows) | set(gnets)):
+        row, gnet = rows.get(net_id), gnets.get(net_id)
+        name = f"{NETWORK_PREFIX}{net_id}"
+        bn = row.backend if row is not None else None
+        if name in ganeti.busy_networks or (bn is not None and _job_live(bn.job_id, jobs)):
+            continue
+        if gnet is None:
+            out += _network_gone(net_id, name, row, ganeti.groups, now)
+        elif row is None or row.deleted:
+            out.append(_network_orphan(net_id, gnet, row))
+        elif row.wanted:
+            out += _network_present(net_id, gnet, row, ganeti.groups)
+    return out
+
+
+def _alive(bn: BackendNetworkRow | None) -> bool:
+    return bn is not None and not bn.deleted and bn.operstate != "DELETED"
+
+
+def _network_gone(
+    net_id: int, name: str, row: NetworkRow | None, groups: tuple[str, ...], now: datetime
+) -> list[Finding]:
+    """Ganeti has no such network: a row that says it has one is stale, or the network is missing."""
+    if row is None or row.backend is None or not _alive(row.backend):
+        return []
+    bn = row.backend
+    seen = f"backend network {bn.id} {bn.operstate}"
+    if not row.wanted:
+        fix = "mark the backend network DELETED"
+        return [Finding("network-stale", net_id, name, "no network", seen, fix, bn.updated, network=row)]
+    if bn.job_id is None and now - bn.created < BUILD_GRACE:
+        return []  # Synnefo is about to submit the job that creates it
+    fix = "create it in Ganeti and connect it to every node group"
+    return [
+        Finding(
+            "network-missing",
+            net_id,
+            name,
+            "no network",
+            seen,
+            fix,
+            bn.updated,
+            network=row,
+            groups=groups,
+            blocked=_unconnectable(row),
+        )
+    ]
+
+
+def _unconnectable(row: NetworkRow) -> str | None:
+    """Why Ganeti could not connect this network to a node group, if it could not."""
+    return None if row.mode and row.link else f"network {row.id} has no mode or link to connect it with"
+
+
+def conflicts_check(row: NetworkRow) -> bool:
+    """Synnefo has Ganeti check address conflicts only for public networks with IPv4."""
+    return row.public and any(s.version == 4 for s in row.subnets)
+
+
+def _network_orphan(net_id: int, gnet: Network, row: NetworkRow | None) -> Finding:
+    seen = "no network row" if row is None else "network deleted"
+    ganeti = f"network {gnet.cidr or '-'}, groups {', '.join(gnet.groups) or 'none'}"
+    blocked = None
+    if gnet.instances:
+        blocked = f"{len(gnet.instances)} instances still have a NIC on it: {', '.join(gnet.instances[:5])}"
+    fix = "disconnect it from its node groups and remove it through RAPI"
+    return Finding(
+        "network-orphan",
+        net_id,
+        gnet.name,
+        ganeti,
+        seen,
+        fix,
+        network=row,
+        groups=gnet.groups,
+        blocked=blocked,
+    )
+
+
+def _network_present(net_id: int, gnet: Network, row: NetworkRow, groups: tuple[str, ...]) -> list[Finding]:
+    missing = tuple(g for g in groups if g not in gnet.groups)
+    bn = row.backend
+    if missing:
+        return [
+            Finding(
+                "network-groups",
+                net_id,
+                gnet.name,
+                f"connected to {', '.join(gnet.groups) or 'no node group'}",
+                f"{row.mode or '-'} {row.link or '-'} on every node group",
+                f"connect it to {', '.join(missing)}",
+                network=row,
+                groups=missing,
+                blocked=_unconnectable(row),
+            )
+        ]
+    if bn is not None and not bn.deleted and bn.operstate == "ACTIVE":
+        return []
+    seen = "no backend network row" if bn is None else f"backend network {bn.id} {bn.operstate}"
+    fix = "mark the backend network ACTIVE" if bn is None or not bn.deleted else "none: the row is deleted"
+    return [
+        Finding(
+            "network-unsynced",
+            net_id,
+            gnet.name,
+            "connected to every node group",
+            seen,
+            fix,
+            bn.updated if bn is not None else None,
+            network=row,
+            blocked="its backend network row is deleted" if bn is not None and bn.deleted else None,
+        )
+    ]
+
+
+def create_network_body(name: str, row: NetworkRow) -> dict[str, object]:
+    """What Synnefo asks Ganeti for when it creates a network on a backend (OP_NETWORK_ADD).
+
+    Ganeti needs an IPv4 range even for an IPv6-only network: Synnefo gives it
+    a dummy one, and never hands its addresses out.
+    """
+    v4 = next((s for s in row.subnets if s.version == 4), None)
+    v6 = next((s for s in row.subnets if s.version == 6), None)
+    tags = [*row.tags]
+    if any(s.dhcp for s in row.subnets) and "nfdhcpd" not in tags:
+        tags.append("nfdhcpd")
+    tags.append("public" if row.public else "private")
+    body: dict[str, object] = {
+        "network_name": name,
+        "network": v4.cidr if v4 else "10.0.0.0/29",
+        "mac_prefix": row.mac_prefix,
+        "conflicts_check": conflicts_check(row),
+        "tags": tags,
+    }
+    for key, value in (
+        ("gateway", v4.gateway if v4 else None),
+        ("network6", v6.cidr if v6 else None),
+        ("gateway6", v6.gateway if v6 else None),
+    ):
+        if value:
+            body[key] = value
+    return body
+
+
+def pool_diff(ganeti: Ganeti, pools: Iterable[PoolRows]) -> list[Finding]:
+    """Findings about IPv4 pools whose maps disagree with the addresses in use, by pool id.
+
+    Ganeti's external reservations of the pool's network (its gateway, the
+    addresses an admin reserved) must not be handed out either. An unusable
+    pool (never initialised, maps too short) is reported and not touched.
+    """
+    reserved = {id_from_name(n.name, NETWORK_PREFIX): n.reserved for n in ganeti.networks}
+    out = []
+    for p in sorted(pools, key=lambda p: p.pool.id):
+        pool, kept = p.pool, reserved.get(p.network_id, ())
+        name = f"pool {pool.id} ({pool.base}, network {p.network_id})"
+        try:
+            d = ippool.drift(pool, p.used, kept)
+        except ippool.PoolError as e:
+            out.append(Finding("pool", pool.id, name, "-", str(e), "none", pool=pool, blocked=str(e)))
+            continue
+        if not d:
+            continue
+        parts = [
+            (d.used_but_free, "in use but free"),
+            (d.taken_unused, "taken but unused"),
+            (d.reserved_free, "reserved in Ganeti but free"),
+            (d.duplicates, "held by several addresses"),
+        ]
+        database = "; ".join(f"{len(a)} {what}: {_few(a)}" for a, what in parts if a)
+        ganeti_says = f"reserves {_few(kept)}" if kept else "no external reservations"
+        fix = "rebuild the pool's maps from the addresses in use"
+        blocked = None
+        if d.duplicates and not (d.used_but_free or d.taken_unused or d.reserved_free):
+            blocked = "an address held twice needs a person to decide which NIC keeps it"
+        out.append(
+            Finding(
+                "pool", pool.id, name, ganeti_says, database, fix, pool=pool, reserved=kept, blocked=blocked
+            )
+        )
+    return out
+
+
+def _few(addresses: tuple[str, ...], shown: int = 5) -> str:
+    more = f" and {len(addresses) - shown} more" if len(addresses) > shown else ""
+    return ", ".join(addresses[:shown]) + more
+
+
 # ---------------------------------------------------------------- what to do about them
 
 
@@ -275,21 +554,22 @@ class Outcome:
 
 
 def decide(
-    found: list[Finding], records: Mapping[str, Record], checked: set[int], opts: Options, now: float
+    found: list[Finding], records: Mapping[str, Record], checked: set[str], opts: Options, now: float
 ) -> tuple[list[Outcome], dict[str, Record]]:
     """What to do about each finding, and the finding records after this pass.
 
     A destructive fix needs the finding on two consecutive passes (its record
     from the last one), and at most `max_destructive` run per pass. A fix
     that does not stick is tried `max_tries` times within `retry_expiration`,
-    then given up (CRITICAL). Records of VMs checked this pass without the
-    finding are dropped: fixed, or gone by themselves.
+    then given up (CRITICAL). Records of subjects checked this pass ("vm:101",
+    "network:3", "pool:1") without the finding are dropped: fixed, or gone by
+    themselves. A blocked finding is reported and costs no attempt.
     """
     out: list[Outcome] = []
     kept = {
         k: r
         for k, r in records.items()
-        if r.vm_id not in checked and not r.expired(now, opts.retry_expiration)
+        if subject_of(k) not in checked and not r.expired(now, opts.retry_expiration)
     }
     destructive = 0
     for f in found:
@@ -297,7 +577,8 @@ def decide(
         if rec is not None and rec.expired(now, opts.retry_expiration):
             rec = None
         seen_before = rec is not None
-        rec = rec or Record(f.instance, f.vm_id, first_failure=now)
+        vm_id = f.id if f.subject.startswith("vm:") else None
+        rec = rec or Record(f.name, vm_id, first_failure=now)
         action, text = _action(f, rec, seen_before, opts, destructive)
         if action == "fix":
             destructive += f.destructive
@@ -312,6 +593,8 @@ def decide(
 def _action(f: Finding, rec: Record, seen_before: bool, opts: Options, destructive: int) -> tuple[str, str]:
     if rec.gave_up is not None:
         return "gave-up", f"gave up after {rec.attempts} fixes that did not stick"
+    if f.blocked is not None:
+        return "report", f"cannot be fixed now: {f.blocked}"
     if f.kind not in opts.fix:
         return "report", f"not fixed (--fix-{f.kind} would {f.fix})"
     if rec.attempts >= opts.max_tries:

@@ -37,6 +37,8 @@ class Report:
     delivered: int | None = None  # messages delivered at the end of the pass (None: not tried)
     findings: list[dict[str, Any]] = field(default_factory=list)  # reconciliation, see `finding`
     checked: int = 0  # VMs reconciliation checked
+    checked_networks: int = 0
+    checked_pools: int = 0
 
     def worst(self, code: int) -> None:
         self.exit_code = max(self.exit_code, code)
@@ -64,10 +66,12 @@ def summary(r: Report) -> str:
         f"{verb} {sum(1 for v in r.verdicts if v.restart)} restarts",
     ]
     parts += [f"{n} {rule}" for rule, n in sorted(rules.items()) if rule not in ("restart",)]
-    if r.checked:
+    if r.checked or r.checked_networks or r.checked_pools:
         kinds = Counter(f["kind"] for f in r.findings)
         drift = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no drift"
-        parts.append(f"reconciled {r.checked} VMs: {drift}")
+        parts.append(
+            f"reconciled {r.checked} VMs, {r.checked_networks} networks, {r.checked_pools} IP pools: {drift}"
+        )
     if r.delivered is not None:
         parts.append(f"delivered {r.delivered} events")
     return "; ".join(parts) + f" ({r.finished - r.started:.2f}s, {r.rapi_calls} RAPI calls)"
@@ -78,8 +82,9 @@ def finding(o: Any, severity: int) -> dict[str, Any]:
     f = o.finding
     return {
         "kind": f.kind,
-        "vm_id": f.vm_id,
-        "instance": f.instance,
+        "subject": f.subject.split(":")[0],
+        "id": f.id,
+        "name": f.name,
         "ganeti": f.ganeti,
         "database": f.database,
         "action": o.action,
@@ -90,7 +95,7 @@ def finding(o: Any, severity: int) -> dict[str, Any]:
 
 def finding_line(f: dict[str, Any]) -> str:
     return (
-        f"  {LEVELS[f['severity']]:<8} {f['instance']} [{f['kind']}] Ganeti: {f['ganeti']}; "
+        f"  {LEVELS[f['severity']]:<8} {f['name']} [{f['kind']}] Ganeti: {f['ganeti']}; "
         f"database: {f['database']}; {f['action']}: {f['text']}"
     )
 
@@ -142,6 +147,8 @@ def metrics(r: Report, given_up: int) -> str:
     drift = Counter(f["kind"] for f in r.findings)
     gauge("drift", "Differences reconciliation found, by kind.", {k: drift[k] for k in KINDS}, "kind")
     gauge("vms_reconciled", "VMs the last pass's reconciliation checked.", r.checked)
+    gauge("networks_reconciled", "Networks the last pass's reconciliation checked.", r.checked_networks)
+    gauge("pools_reconciled", "IP pools the last pass's reconciliation checked.", r.checked_pools)
     gauge("lock_busy", "1 if the last pass found another pass holding the state lock.", int(r.lock_busy))
     gauge("rapi_calls", "RAPI requests made by the last pass.", r.rapi_calls)
     return "\n".join(out) + "\n"

@@ -3,7 +3,8 @@
 The watcher decides from snapshots, never from live queries made while it
 decides: what it acts on is what it saw, and the decision can be tested from
 recorded RAPI bodies. Three bulk RAPI answers make the Ganeti side (instances,
-nodes, live jobs), whatever the cluster size. The RAPI bodies are checked
+nodes, live jobs), whatever the cluster size; reconciliation adds two more
+(networks, node groups). The RAPI bodies are checked
 here, field by field, so that a surprising answer is a clear error and not a
 wrong restart.
 """
@@ -11,7 +12,7 @@ wrong restart.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from snf_watcher.events import NETWORK_PREFIX, NIC_PREFIX, GanetiNic, id_from_name
@@ -47,6 +48,15 @@ class Node:
 
 
 @dataclass(frozen=True)
+class Network:
+    name: str
+    cidr: str | None
+    groups: tuple[str, ...]  # the node groups it is connected to
+    instances: tuple[str, ...]  # the instances with a NIC on it
+    reserved: tuple[str, ...]  # Ganeti's external reservations: addresses no instance may get
+
+
+@dataclass(frozen=True)
 class Vm:
     """What Synnefo's row says its owner wants."""
 
@@ -67,12 +77,18 @@ class Ganeti:
     busy_nodes: Mapping[str, int] = field(default_factory=dict)
     # Status of every live job by id (finished ones included until archived).
     jobs: Mapping[int, str] = field(default_factory=dict)
+    # Network name -> id of a job in flight that names it.
+    busy_networks: Mapping[str, int] = field(default_factory=dict)
+    # Reconciliation's: the networks and the node groups (`with_networks`).
+    networks: tuple[Network, ...] = ()
+    groups: tuple[str, ...] = ()
 
 
 def ganeti(instances: Any, nodes: Any, jobs: Any) -> Ganeti:
     """Build the Ganeti side from the bodies of /2/instances?bulk=1, the node query and /2/jobs?bulk=1."""
     busy_instances: dict[str, int] = {}
     busy_nodes: dict[str, int] = {}
+    busy_networks: dict[str, int] = {}
     statuses: dict[int, str] = {}
     for job in _list(jobs, "jobs"):
         job_id, status = _get(job, "id", int, "job"), _get(job, "status", str, "job")
@@ -86,6 +102,9 @@ def ganeti(instances: Any, nodes: Any, jobs: Any) -> Ganeti:
                 node = op.get("node_name")
                 if str(op.get("OP_ID", "")).startswith("OP_NODE_") and isinstance(node, str):
                     busy_nodes.setdefault(node, job_id)
+                network = op.get("network_name")
+                if isinstance(network, str) and network:
+                    busy_networks.setdefault(network, job_id)
     return Ganeti(
         instances=tuple(_instance(i) for i in _list(instances, "instances")),
         nodes={
@@ -102,6 +121,38 @@ def ganeti(instances: Any, nodes: Any, jobs: Any) -> Ganeti:
         busy_instances=busy_instances,
         busy_nodes=busy_nodes,
         jobs=statuses,
+        busy_networks=busy_networks,
+    )
+
+
+def with_networks(g: Ganeti, networks: Any, groups: Any) -> Ganeti:
+    """Add the bodies of /2/networks?bulk=1 and /2/groups?bulk=1 (taken after the jobs)."""
+    return replace(
+        g,
+        networks=tuple(_network(n) for n in _list(networks, "networks")),
+        groups=tuple(_get(grp, "name", str, "group") for grp in _list(groups, "groups")),
+    )
+
+
+def _network(n: dict[str, Any]) -> Network:
+    name = _get(n, "name", str, "network")
+    groups = []
+    for entry in n.get("group_list") or ():
+        # [group, mode, link, vlan] since Ganeti 2.12; "group(mode, link)" before
+        group = entry[0] if isinstance(entry, list) and entry else entry
+        if not isinstance(group, str):
+            raise BadSnapshot(f"RAPI network {name}: group_list entry {entry!r} names no group")
+        groups.append(group.split("(", 1)[0].strip())
+    reserved = n.get("external_reservations") or ""
+    if not isinstance(reserved, str):
+        raise BadSnapshot(f"RAPI network {name}: external_reservations is {reserved!r}, expected str")
+    cidr = n.get("network")
+    return Network(
+        name=name,
+        cidr=cidr if isinstance(cidr, str) and cidr else None,
+        groups=tuple(groups),
+        instances=tuple(i for i in n.get("inst_list") or () if isinstance(i, str)),
+        reserved=tuple(a.strip() for a in reserved.split(",") if a.strip()),
     )
 
 

@@ -38,7 +38,7 @@ from psycopg2.extras import Json
 
 from snf_watcher import apply, ippool, reconcile
 from snf_watcher.config import DatabaseConfig
-from snf_watcher.events import BadMessage, Correction, Key, NetworkStatus, OpStatus, VmEvent
+from snf_watcher.events import BadMessage, Correction, Key, NetworkEvent, OpStatus, VmEvent
 from snf_watcher.snapshot import Vm
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ NETWORK_COLUMNS = (
     "backendjobstatus",
     "backendlogmsg",
     "backendtime",
+    "updated",
 )
 READ_ONLY = frozenset({"id", "backend_id", "userid", "project", "network_id"})
 
@@ -210,14 +211,86 @@ class Database:
             for r in rows
         }
 
+    def network_rows(self, network_ids: Iterable[int]) -> dict[int, reconcile.NetworkRow]:
+        """The networks with a db_backendnetwork row on this backend, and those of *network_ids*
+        (the ones Ganeti has), with their subnets."""
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT n.id, n.deleted, n.action, n.public, n.mode, n.link, n.tags, "
+                'coalesce(bn.mac_prefix, n.mac_prefix || to_hex(b."index")), '
+                "bn.id, bn.operstate, bn.deleted, bn.backendjobid, bn.created, bn.updated "
+                "FROM db_network n JOIN db_backend b ON b.id = %s "
+                "LEFT JOIN db_backendnetwork bn ON bn.network_id = n.id AND bn.backend_id = b.id "
+                "WHERE bn.id IS NOT NULL OR n.id = ANY(%s)",
+                (self.backend_id, sorted(network_ids)),
+            )
+            rows = cur.fetchall()
+            cur.execute(
+                "SELECT network_id, ipversion, cidr, gateway, dhcp FROM db_subnet "
+                "WHERE network_id = ANY(%s) AND NOT deleted ORDER BY id",
+                ([r[0] for r in rows],),
+            )
+            subnets: dict[int, list[reconcile.Subnet]] = defaultdict(list)
+            for network_id, *subnet in cur.fetchall():
+                subnets[network_id].append(reconcile.Subnet(*subnet))
+        return {
+            r[0]: reconcile.NetworkRow(
+                *r[:6],
+                tags=tuple(t.strip() for t in (r[6] or "").split(",") if t.strip()),
+                mac_prefix=r[7],
+                subnets=tuple(subnets[r[0]]),
+                backend=reconcile.BackendNetworkRow(*r[8:]) if r[8] is not None else None,
+            )
+            for r in rows
+        }
+
+    def pools(self, network_ids: Iterable[int]) -> list[reconcile.PoolRows]:
+        """These networks' IPv4 pools and the addresses in use in each, as of one moment: Synnefo
+        takes an address and writes its row in one transaction, so a consistent snapshot of both
+        agrees unless something is wrong."""
+        with self._transaction() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            cur.execute(
+                'SELECT p.id, p.available_map, p.reserved_map, p.size, p.base, p."offset", '
+                "s.id, s.network_id "
+                "FROM db_ippooltable p JOIN db_subnet s ON s.id = p.subnet_id "
+                "WHERE s.network_id = ANY(%s) AND s.ipversion = 4 AND NOT s.deleted ORDER BY p.id",
+                (sorted(network_ids),),
+            )
+            pools = cur.fetchall()
+            used = _addresses_in_use(cur, [p[6] for p in pools])
+        return [reconcile.PoolRows(ippool.Pool(*p[:6]), p[7], tuple(used.get(p[6], ()))) for p in pools]
+
+    def fix_pool(self, seen: ippool.Pool, reserved: Iterable[str]) -> str | None:
+        """Rebuild a pool's maps from the addresses in use, if the pool is still as it was seen:
+        None when done, else why not. The pool row is locked first, as every allocator does, so
+        no address can be taken or given back meanwhile."""
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT available_map, reserved_map, subnet_id FROM db_ippooltable WHERE id = %s FOR UPDATE",
+                (seen.id,),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return f"IP pool {seen.id} is gone"
+            if tuple(row[:2]) != (seen.available_map, seen.reserved_map):
+                return f"IP pool {seen.id} changed since reconciliation saw it: judged again next pass"
+            used = _addresses_in_use(cur, [row[2]]).get(row[2], [])
+            new = ippool.repaired(seen, used, reserved)
+            cur.execute(
+                "UPDATE db_ippooltable SET available_map = %s, reserved_map = %s WHERE id = %s",
+                (new.available_map, new.reserved_map, seen.id),
+            )
+        return None
+
     # -------------------------------------------------------- the batch
 
-    def apply(self, vm_events: Iterable[VmEvent], network_events: Iterable[NetworkStatus]) -> BatchResult:
+    def apply(self, vm_events: Iterable[VmEvent], network_events: Iterable[NetworkEvent]) -> BatchResult:
         """Apply a batch in one transaction; DatabaseDown when it could not commit."""
         by_vm: dict[int, list[VmEvent]] = defaultdict(list)
         for ev in vm_events:
             by_vm[ev.vm_id].append(ev)
-        by_net: dict[int, list[NetworkStatus]] = defaultdict(list)
+        by_net: dict[int, list[NetworkEvent]] = defaultdict(list)
         for nev in network_events:
             by_net[nev.network_id].append(nev)
         with self._transaction() as cur:
@@ -276,6 +349,19 @@ def nic_rows(
     out: dict[int, list[apply.NicRow]] = defaultdict(list)
     for nic_id, vm_id, network_id, index, mac, state, created in nics:
         out[vm_id].append(apply.NicRow(nic_id, network_id, index, mac, state, created, tuple(ips[nic_id])))
+    return out
+
+
+def _addresses_in_use(cur: Any, subnet_ids: list[int]) -> dict[int, list[str]]:
+    """Subnet id -> the IPv4 addresses its live db_ipaddress rows hold (floating ones included)."""
+    cur.execute(
+        "SELECT subnet_id, address FROM db_ipaddress WHERE subnet_id = ANY(%s) AND ipversion = 4 "
+        "AND NOT deleted AND address IS NOT NULL",
+        (subnet_ids,),
+    )
+    out: dict[int, list[str]] = defaultdict(list)
+    for subnet_id, address in cur.fetchall():
+        out[subnet_id].append(address)
     return out
 
 
@@ -578,7 +664,7 @@ class _Batch:
 
     # -------------------------------------------------------- networks
 
-    def networks(self, by_net: dict[int, list[NetworkStatus]]) -> None:
+    def networks(self, by_net: dict[int, list[NetworkEvent]]) -> None:
         if not by_net:
             return
         self._create_missing_backend_networks(sorted(by_net))

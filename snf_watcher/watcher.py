@@ -37,7 +37,7 @@ from snf_watcher import (
     state,
 )
 from snf_watcher.config import Config
-from snf_watcher.events import NETWORK_PREFIX, id_from_name, parse
+from snf_watcher.events import NETWORK_PREFIX, NetworkCorrection, id_from_name, parse
 from snf_watcher.rapi import Rapi, RapiError
 from snf_watcher.report import CRITICAL, OK, UNKNOWN, WARNING, Report
 from snf_watcher.syncdb import Database, DatabaseDown
@@ -46,6 +46,12 @@ log = logging.getLogger("snf-watcher")
 
 
 FIX_CONNECTIONS = 2  # database connections a big reconciliation pass applies its fixes on
+# How each kind of drift is fixed: by a correction through the apply engine, by Ganeti jobs
+# submitted through RAPI, or (pools) by rebuilding the pool row.
+CORRECTED = frozenset(
+    {"stale", "operstate", "flavor", "nics", "build", "task", "network-stale", "network-unsynced"}
+)
+GANETI_FIXES = frozenset({"orphan", "network-missing", "network-groups", "network-orphan"})
 LOG_LEVEL = {OK: logging.INFO, WARNING: logging.WARNING, CRITICAL: logging.ERROR, UNKNOWN: logging.ERROR}
 
 
@@ -146,7 +152,7 @@ def _pass(cfg: Config, r: Report, clock: Callable[[], float], duties: Duties) ->
         fix = duties.fix if duties.fix is not None else frozenset(cfg.watcher.reconcile_fix)
         try:
             new = _reconcile(cfg, rapi, db, ganeti, vms, new, r, clock, fix, duties.check_all)
-        except RapiError as e:
+        except (RapiError, snapshot.BadSnapshot) as e:
             r.problems.append(f"reconciliation stopped: {e}")
             r.worst(CRITICAL)
         except DatabaseDown as e:
@@ -193,7 +199,8 @@ def _reconcile(
     fix: frozenset[str],
     check_all: bool,
 ) -> state.State:
-    """This pass's share of the VMs (and every VM with an open finding), diffed and fixed."""
+    """This pass's share of the VMs (and every VM with an open finding), every network and IP
+    pool of this backend, diffed and fixed."""
     w, prefix = cfg.watcher, cfg.instance_prefix
     named = (id_from_name(i.name, prefix) for i in ganeti.instances)
     ids = set(vms) | {i for i in named if i is not None}
@@ -207,13 +214,25 @@ def _reconcile(
         r.problems.append(f"backend {cfg.database.backend_id} is offline in db_backend: not reconciled")
         return st
     jobs = {**ganeti.jobs, **_job_statuses(rapi, reconcile.jobs_to_look_up(ganeti, rows.values()))}
-    found = reconcile.diff(ganeti, rows, jobs, prefix, datetime.fromtimestamp(r.started, UTC), checked)
+    now = datetime.fromtimestamp(r.started, UTC)
+    found = reconcile.diff(ganeti, rows, jobs, prefix, now, checked)
+    ganeti = snapshot.with_networks(ganeti, rapi.networks(), rapi.groups())  # after the jobs, as instances
+    networks = db.network_rows(reconcile.networks_to_read(ganeti))
+    pools = db.pools(i for i, n in networks.items() if n.backend is not None and not n.backend.deleted)
+    found += reconcile.network_diff(ganeti, networks, jobs, now) + reconcile.pool_diff(ganeti, pools)
+    network_ids = networks.keys() | reconcile.networks_to_read(ganeti)
+    subjects = (
+        {f"vm:{i}" for i in checked}
+        | {f"network:{i}" for i in network_ids}
+        | {f"pool:{p.pool.id}" for p in pools}
+    )
     opts = reconcile.Options(fix, w.max_tries, w.retry_expiration, w.max_destructive_per_pass)
-    outcomes, records = reconcile.decide(found, st.findings, checked, opts, clock())
-    r.checked = len(checked)
+    outcomes, records = reconcile.decide(found, st.findings, subjects, opts, clock())
+    r.checked, r.checked_networks, r.checked_pools = len(checked), len(network_ids), len(pools)
     fixes = [o for o in outcomes if o.action == "fix"] if not r.dry_run else []
-    done = _fix_rows(cfg, db, [o for o in fixes if o.finding.kind != "orphan"], r.started)
-    done |= {o.finding.key: _remove_orphan(rapi, o, r) for o in fixes if o.finding.kind == "orphan"}
+    done = _fix_rows(cfg, db, [o for o in fixes if o.finding.kind in CORRECTED], r.started)
+    done |= {o.finding.key: _ganeti_fix(rapi, o, r) for o in fixes if o.finding.kind in GANETI_FIXES}
+    done |= {o.finding.key: _fix_pool(db, o) for o in fixes if o.finding.kind == "pool"}
     for o in outcomes:
         severity, text = done.get(o.finding.key, (o.severity, o.text))
         r.findings.append(report.finding(replace(o, text=text), severity))
@@ -237,14 +256,14 @@ def _fix_rows(
     out: dict[str, tuple[int, str]] = {}
     by_event: dict[int, reconcile.Outcome] = {}
     events = []
-    for o in sorted(fixes, key=lambda o: o.finding.vm_id):
+    for o in sorted(fixes, key=lambda o: (o.finding.subject, o.finding.id)):
         ev = parse(correction_message(o.finding, started), cfg.instance_prefix)
         by_event[id(ev)] = o
         events.append(ev)
     size = max(1, cfg.database.batch_size)
     batches = [events[i : i + size] for i in range(0, len(events), size)]
     if len(batches) < 2:
-        results = [db.apply(b, []) for b in batches]
+        results = [db.apply(*_split(b)) for b in batches]
     else:
         extra = [Database(cfg.database) for _ in range(FIX_CONNECTIONS - 1)]
         pool = [db, *extra]
@@ -255,7 +274,7 @@ def _fix_rows(
         def apply_batch(batch: list[Any]) -> Any:
             conn = free.get()
             try:
-                return conn.apply(batch, [])
+                return conn.apply(*_split(batch))
             finally:
                 free.put(conn)
 
@@ -276,8 +295,21 @@ def _fix_rows(
     return out
 
 
+def _split(batch: list[Any]) -> tuple[list[Any], list[Any]]:
+    """A batch's VM events and network events, as Database.apply takes them."""
+    networks = [ev for ev in batch if isinstance(ev, NetworkCorrection)]
+    return [ev for ev in batch if not isinstance(ev, NetworkCorrection)], networks
+
+
 def correction_message(f: reconcile.Finding, started: float) -> dict[str, object]:
     """The finding's fix as a message, stamped with the pass's start on the master's clock."""
+    if f.subject.startswith("network:"):
+        return messages.network_correction(
+            network=f.name,
+            kind=f.kind,
+            event_time=messages.split_time(started),
+            expect_updated=f.updated.isoformat() if f.updated else None,
+        )
     nics = None
     if f.nics is not None:
         nics = [
@@ -290,7 +322,7 @@ def correction_message(f: reconcile.Finding, started: float) -> dict[str, object
             for n in f.nics
         ]
     return messages.correction(
-        instance=f.instance,
+        instance=f.name,
         kind=f.kind,
         event_time=messages.split_time(started),
         expect_updated=f.updated.isoformat() if f.updated else None,
@@ -303,14 +335,46 @@ def correction_message(f: reconcile.Finding, started: float) -> dict[str, object
     )
 
 
-def _remove_orphan(rapi: Rapi, o: reconcile.Outcome, r: Report) -> tuple[int, str]:
+def _ganeti_fix(rapi: Rapi, o: reconcile.Outcome, r: Report) -> tuple[int, str]:
+    """Submit the jobs that fix a finding in Ganeti, never waiting for them: the next pass sees
+    whether they worked. A job that needs another's success says so (Ganeti's `depends`)."""
     f = o.finding
+    reason = f"snf-watcher: reconcile: {f.kind} ({f.database})"
+    jobs: list[int] = []
     try:
-        job = rapi.remove(f.instance, reason=f"snf-watcher: reconcile: orphan ({f.database})")
+        if f.kind == "orphan":
+            jobs.append(rapi.remove(f.name, reason=reason))
+        elif f.kind == "network-orphan":
+            jobs += [rapi.disconnect_network(f.name, group, reason) for group in f.groups]
+            jobs.append(rapi.remove_network(f.name, reason, after=tuple(jobs)))
+        else:  # network-missing, network-groups: the network is wanted, connected everywhere
+            net = f.network
+            assert net is not None and net.mode and net.link
+            after = None
+            if f.kind == "network-missing":
+                after = rapi.create_network(reconcile.create_network_body(f.name, net), reason)
+                jobs.append(after)
+            check = reconcile.conflicts_check(net)
+            jobs += [
+                rapi.connect_network(f.name, group, net.mode, net.link, check, reason, after=after)
+                for group in f.groups
+            ]
     except RapiError as e:
-        return CRITICAL, f"fix failed: {e}"
-    r.jobs[f.instance] = job
-    return o.severity, f"{o.text}: Ganeti job {job}"
+        submitted = f" (submitted before it: jobs {', '.join(map(str, jobs))})" if jobs else ""
+        return CRITICAL, f"fix failed: {e}{submitted}"
+    if jobs:
+        r.jobs[f.name] = jobs[-1]
+    return o.severity, f"{o.text}: Ganeti jobs {', '.join(map(str, jobs)) or 'none needed'}"
+
+
+def _fix_pool(db: Database, o: reconcile.Outcome) -> tuple[int, str]:
+    f = o.finding
+    assert f.pool is not None
+    try:
+        why = db.fix_pool(f.pool, f.reserved)
+    except DatabaseDown as e:
+        return CRITICAL, f"fix failed: database: {e}"
+    return (WARNING, f"not fixed: {why}") if why else (o.severity, o.text)
 
 
 def _ganeti(rapi: Rapi, old: state.State) -> snapshot.Ganeti:

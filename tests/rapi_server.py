@@ -53,6 +53,8 @@ RECORDED = {
         "/2/query/instance?fields=name,status,admin_state,admin_state_source,oper_state,disks_active,pnode,snodes",
     ): ("query-instance.json"),
     ("PUT", STARTUP_PATH): "put-instance-startup.json",
+    ("GET", "/2/networks?bulk=1"): "networks-bulk.json",
+    ("GET", "/2/groups?bulk=1"): "groups-bulk.json",
 }
 
 

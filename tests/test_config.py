@@ -43,7 +43,16 @@ ALL_DEFAULTS = {
     "watcher.lock_warning_intervals": 3,
     "watcher.metrics_file": "/var/lib/prometheus/node-exporter/snf_watcher.prom",
     "watcher.reconcile_min": 1800.0,
-    "watcher.reconcile_fix": ("operstate", "flavor", "nics", "build", "task"),
+    "watcher.reconcile_fix": (
+        "operstate",
+        "flavor",
+        "nics",
+        "build",
+        "task",
+        "network-stale",
+        "network-unsynced",
+        "pool",
+    ),
     "watcher.max_destructive_per_pass": 5,
     "instance_prefix": "snf-",
 }

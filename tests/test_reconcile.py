@@ -90,7 +90,7 @@ IN_SYNC = {
 
 def findings(rows, g=None, jobs=None, window=None) -> list[tuple]:
     found = reconcile.diff(g or cluster(), rows, jobs or {}, "snf-", NOW, window)
-    return [(f.kind, f.vm_id, f.ganeti, f.database, f.fix) for f in found]
+    return [(f.kind, f.id, f.ganeti, f.database, f.fix) for f in found]
 
 
 def test_a_cluster_in_step_with_its_rows_has_no_findings():
@@ -123,7 +123,7 @@ def test_operstate_follows_what_ganeti_runs_but_not_its_error_states():
     rows = IN_SYNC | {101: replace(IN_SYNC[101], operstate="STOPPED"), 102: row(102, "STARTED")}
     rows |= {103: row(103, "STOPPED"), 104: row(104, "STARTED")}  # ERROR_down, ERROR_up: nothing
     found = reconcile.diff(cluster(), rows, {}, "snf-", NOW)
-    assert [(f.kind, f.vm_id, f.ganeti, f.database, f.operstate) for f in found] == [
+    assert [(f.kind, f.id, f.ganeti, f.database, f.operstate) for f in found] == [
         ("operstate", 101, "running", "STOPPED", "STARTED"),
         ("operstate", 102, "ADMIN_down", "STARTED", "STOPPED"),
     ]
@@ -155,7 +155,7 @@ def test_a_flavor_that_does_not_match_the_instance():
 def test_nics_that_differ_from_ganetis(nics):
     rows = IN_SYNC | {101: replace(IN_SYNC[101], nics=nics)}
     found = reconcile.diff(cluster(), rows, {}, "snf-", NOW)
-    assert [(f.kind, f.vm_id) for f in found] == [("nics", 101)]  # (the first: Ganeti has a NIC without row)
+    assert [(f.kind, f.id) for f in found] == [("nics", 101)]  # (the first: Ganeti has a NIC without row)
     assert found[0].ganeti == (
         "snf-nic-201 aa:00:01:2b:ad:27 203.0.113.2, snf-nic-202 aa:00:00:1a:42:4f 198.51.100.22"
     )
@@ -228,7 +228,7 @@ def test_the_window_limits_what_is_checked():
 
 def test_a_nic_added_behind_synnefos_back_is_drift():
     found = reconcile.diff(cluster(foreign_nics=("snf-102",)), IN_SYNC, {}, "snf-", NOW)
-    assert [(f.kind, f.vm_id, f.ganeti, f.database) for f in found] == [
+    assert [(f.kind, f.id, f.ganeti, f.database) for f in found] == [
         ("nics", 102, "0 aa:00:00:88:ba:a8 198.51.100.32", "none")
     ]
 
@@ -245,31 +245,36 @@ def finding(kind: str, vm_id: int) -> reconcile.Finding:
     return reconcile.Finding(kind, vm_id, f"snf-{vm_id}", "g", "d", "do it")
 
 
+def vms(*ids: int) -> set[str]:
+    """The subjects a pass that checks these VMs has checked."""
+    return {f"vm:{i}" for i in ids}
+
+
 def test_a_destructive_fix_needs_two_consecutive_sightings_and_stays_under_the_cap():
     found = [finding("stale", 7), finding("stale", 8), finding("orphan", 9)]
-    first, records = reconcile.decide(found, {}, {7, 8, 9}, OPTS, T0)
-    assert [(o.finding.vm_id, o.action) for o in first] == [(7, "confirm"), (8, "confirm"), (9, "report")]
-    second, records = reconcile.decide(found, records, {7, 8, 9}, OPTS, T0 + 300)
-    assert [(o.finding.vm_id, o.action, o.severity) for o in second] == [
+    first, records = reconcile.decide(found, {}, vms(7, 8, 9), OPTS, T0)
+    assert [(o.finding.id, o.action) for o in first] == [(7, "confirm"), (8, "confirm"), (9, "report")]
+    second, records = reconcile.decide(found, records, vms(7, 8, 9), OPTS, T0 + 300)
+    assert [(o.finding.id, o.action, o.severity) for o in second] == [
         (7, "fix", 1),
         (8, "capped", 1),  # one destructive fix per pass
         (9, "report", 1),  # orphans are not in this pass's fix set
     ]
     # a pass that checks 7 and does not see it again drops its record: fixed
-    third, records = reconcile.decide([finding("stale", 8)], records, {7, 8}, OPTS, T0 + 600)
-    assert [(o.finding.vm_id, o.action) for o in third] == [(8, "fix")]
+    third, records = reconcile.decide([finding("stale", 8)], records, vms(7, 8), OPTS, T0 + 600)
+    assert [(o.finding.id, o.action) for o in third] == [(8, "fix")]
     assert set(records) == {"stale:8", "orphan:9"}  # 9 was not checked: its record stays
 
 
 def test_a_fix_that_does_not_stick_is_given_up_after_max_tries_then_retried_after_expiry():
     seen, records, t = [], {}, T0
     for _ in range(5):
-        outcomes, records = reconcile.decide([finding("operstate", 5)], records, {5}, OPTS, t)
+        outcomes, records = reconcile.decide([finding("operstate", 5)], records, vms(5), OPTS, t)
         seen.append((outcomes[0].action, outcomes[0].severity))
         t += 300
     assert seen == [("fix", 1), ("fix", 1), ("giving-up", 2), ("gave-up", 2), ("gave-up", 2)]
     assert outcomes[0].text == "gave up after 2 fixes that did not stick"
-    outcomes, _ = reconcile.decide([finding("operstate", 5)], records, {5}, OPTS, T0 + 300 + 3601)
+    outcomes, _ = reconcile.decide([finding("operstate", 5)], records, vms(5), OPTS, T0 + 300 + 3601)
     assert outcomes[0].action == "fix"
 
 

@@ -26,7 +26,7 @@ def reconcile(watch, *args: str) -> tuple[int, dict]:
 
 
 def findings(report: dict) -> list[tuple]:
-    return [(f["kind"], f["vm_id"], f["action"]) for f in report["findings"]]
+    return [(f["kind"], f["id"], f["action"]) for f in report["findings"]]
 
 
 def vm(db, vm_id: int) -> tuple:

@@ -38,8 +38,8 @@ def test_a_crashed_vm_is_restarted_and_forgotten_once_it_runs(watch, rapi_server
     assert code == 0, out + err
     assert out.splitlines()[0] == (
         "snf-watcher OK: 5 instances (1 ADMIN_down, 1 ADMIN_offline, 1 ERROR_down, 1 ERROR_up, 1 running); "
-        "submitted 1 restarts; reconciled 1 VMs: no drift; "
-        f"delivered 1 events ({out.split('events (')[1].split(',')[0]}, 5 RAPI calls)"
+        "submitted 1 restarts; reconciled 1 VMs, 2 networks, 2 IP pools: no drift; "
+        f"delivered 1 events ({out.split('events (')[1].split(',')[0]}, 7 RAPI calls)"
     )
     assert out.splitlines()[1] == (
         "  OK       snf-101 [restart] ERROR_down, VM 101 STARTED in Synnefo: restart, attempt 1 of 2"
@@ -201,7 +201,7 @@ def test_the_number_of_rapi_calls_does_not_grow_with_the_cluster(watch, rapi_ser
     rapi_server.set_body(INSTANCES, instances({"snf-101": "running"}, extra=2000))
     big = pass_json(watch, "--dry-run")[1]
     assert big["statuses"]["running"] == 2002
-    assert (small, big["rapi_calls"]) == (4, 4)  # version, jobs, instances, nodes
+    assert (small, big["rapi_calls"]) == (6, 6)  # version, jobs, instances, nodes, networks, node groups
 
 
 def test_without_a_database_the_pass_cannot_tell_what_owners_want(make_config, rapi_server):

@@ -22,6 +22,12 @@ SEED = {
 }
 INSTANCES = "/2/instances?bulk=1"
 JOBS = "/2/jobs?bulk=1"
+NETWORKS = "/2/networks?bulk=1"
+# seed.sql's networks as Ganeti would hold them: network id -> (subnet, external reservations)
+SEED_NETWORKS = {
+    1: ("203.0.113.0/24", "203.0.113.0, 203.0.113.1, 203.0.113.255"),
+    2: ("192.168.10.0/24", "192.168.10.0, 192.168.10.255"),
+}
 STARTUP_101 = "/2/instances/snf-101/startup"
 
 
@@ -43,6 +49,27 @@ def instances(statuses: dict[str, str], extra: int = 0) -> list[dict]:
             i["nic.ips"] = [ip for _, _, _, ip in nics]
     template = body[0]
     body += [{**template, "name": f"big{n}.ganeti.test", "uuid": f"big-{n}"} for n in range(extra)]
+    return body
+
+
+def networks(groups: dict[int, list[str]] | None = None, **reserved: str) -> list[dict]:
+    """The recorded network as seed.sql's networks snf-net-1 and snf-net-2, connected to the
+    recorded node group "default" (or to *groups*), with reservations that agree with the seed's
+    pools (or *reserved*, by "net1"/"net2")."""
+    (template,) = json.loads((RAPI_FIXTURES / "networks-bulk.json").read_text())
+    body = []
+    for net_id, (cidr, kept) in SEED_NETWORKS.items():
+        connected = (groups or {}).get(net_id, ["default"])
+        body.append(
+            {
+                **template,
+                "name": f"snf-net-{net_id}",
+                "network": cidr,
+                "external_reservations": reserved.get(f"net{net_id}", kept),
+                "group_list": [[g, "bridged", "gnt-br0", ""] for g in connected],
+                "inst_list": [],
+            }
+        )
     return body
 
 
@@ -79,6 +106,7 @@ def watch(make_config, rapi_config, rapi_server, synnefo_db, tmp_path):
     )
     rapi_server.set_body(INSTANCES, instances({"snf-101": "ERROR_down"}))
     rapi_server.set_body(JOBS, [])
+    rapi_server.set_body(NETWORKS, networks())
     rapi_server.set_body("/2/jobs/21", job(21, "running", "snf-103"))  # VM 103's create job (seed: BUILD)
 
     def run(*args: str) -> tuple[int, str, str]:

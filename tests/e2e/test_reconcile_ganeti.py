@@ -122,7 +122,7 @@ def drifted(snf: Watcher, synnefo_db, tmp_path: Path):
 
 
 def kinds(report: dict) -> set[tuple[str, int]]:
-    return {(f["kind"], f["vm_id"]) for f in report["findings"]}
+    return {(f["kind"], f["id"]) for f in report["findings"]}
 
 
 def test_drift_is_found_exactly_and_fixed_until_a_pass_finds_nothing(drifted, synnefo_db):
@@ -134,7 +134,7 @@ def test_drift_is_found_exactly_and_fixed_until_a_pass_finds_nothing(drifted, sy
     assert {x["action"] for x in report["findings"]} == {"report"}  # detection only by default
 
     fixed = run("--fix-all")  # the detection pass was the first sighting of the destructive ones
-    assert {(x["kind"], x["vm_id"], x["action"]) for x in fixed["findings"]} == {
+    assert {(x["kind"], x["id"], x["action"]) for x in fixed["findings"]} == {
         (kind, vm, "fix") for kind, vm in expected
     }
     job = fixed["jobs"][f"{PREFIX}{d}"]
