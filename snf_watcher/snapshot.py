@@ -136,6 +136,9 @@ def with_networks(g: Ganeti, networks: Any, groups: Any) -> Ganeti:
 
 def _network(n: dict[str, Any]) -> Network:
     name = _get(n, "name", str, "network")
+    for key in ("group_list", "inst_list"):
+        if not isinstance(n.get(key) or [], list):
+            raise BadSnapshot(f"RAPI network {name}: {key} is {n.get(key)!r}, expected list")
     groups = []
     for entry in n.get("group_list") or ():
         # [group, mode, link, vlan] since Ganeti 2.12; "group(mode, link)" before

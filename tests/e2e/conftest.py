@@ -205,6 +205,50 @@ def gnt_list(command: str, *args: str) -> list[list[str]]:
     return [line.split("|") for line in proc.stdout.splitlines() if line.strip()]
 
 
+def gnt(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a gnt-* command in the host namespace; fail the test with its output if it fails."""
+    done = subprocess.run([gnt_exe(argv[0]), *argv[1:]], capture_output=True, text=True, timeout=GNT_TIMEOUT)
+    if check and done.returncode != 0:
+        pytest.fail(f"`{' '.join(argv)}` failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+    return done
+
+
+def ganeti_networks() -> dict[str, list[str]]:
+    """Ganeti's networks: name -> the node groups it is connected to."""
+    listed = gnt_list("gnt-network", "-o", "name,group_list")  # "default (bridged, gnt-br0, ), ..."
+    return {name: re.findall(r"([^\s,()]+) \(", groups) for name, groups in listed}
+
+
+def add_ganeti_network(name: str, cidr: str, *groups: str, gateway: str | None = None) -> None:
+    """Create *name* (unless it exists) and connect it to *groups*, bridged on the sandbox's bridge."""
+    if name not in ganeti_networks():
+        gnt("gnt-network", "add", f"--network={cidr}", *([f"--gateway={gateway}"] if gateway else []), name)
+    for group in groups:
+        if group not in ganeti_networks()[name]:
+            gnt("gnt-network", "connect", f"--nic-parameters=mode=bridged,link={BRIDGE}", name, group)
+
+
+def remove_ganeti_networks(prefix: str) -> None:
+    """Disconnect and remove every network whose name starts with *prefix* (instances gone first)."""
+    for name, groups in ganeti_networks().items():
+        if name.startswith(prefix):
+            for group in groups:
+                gnt("gnt-network", "disconnect", name, group, check=False)
+            gnt("gnt-network", "remove", name, check=False)
+
+
+def wait_jobs(job_ids: list[int]) -> dict[int, str]:
+    """Wait until these Ganeti jobs have ended; their final statuses."""
+    deadline = time.monotonic() + GNT_TIMEOUT
+    while True:
+        statuses = {int(i): st for i, st in gnt_list("gnt-job", "-o", "id,status") if int(i) in job_ids}
+        if all(statuses.get(j) in ("success", "error", "canceled") for j in job_ids):
+            return statuses
+        if time.monotonic() > deadline:
+            pytest.fail(f"Ganeti jobs {job_ids} did not end within {GNT_TIMEOUT}s: {statuses}")
+        time.sleep(0.3)
+
+
 def remove_instances(prefix: str) -> None:
     """Remove every instance whose name starts with *prefix* (an interrupted session's leftovers)."""
     for (name,) in gnt_list("gnt-instance", "-o", "name"):
@@ -568,11 +612,12 @@ def pass_config(snf: Watcher, dsn: str, tmp_path: Path, prefix: str, **watcher: 
     return config
 
 
-def seed_vms_elsewhere(db: Any) -> None:
-    """The seed's VMs live on another cluster, not this sandbox: a second backend."""
+def seed_elsewhere(db: Any) -> None:
+    """The seed's VMs and networks live on another cluster, not this sandbox: a second backend."""
     db.query(
         'INSERT INTO db_backend (id, clustername, port, hash, "index", drained, offline, hypervisor, '
         "updated, mfree, mtotal, dfree, dtotal, pinst_cnt, ctotal, public) VALUES "
         "(2, 'other.example', 5080, 'x', 1, false, false, 'kvm', now(), 0, 0, 0, 0, 0, 0, true)"
     )
     db.query("UPDATE db_virtualmachine SET backend_id = 2")
+    db.query("UPDATE db_backendnetwork SET backend_id = 2, mac_prefix = substr(mac_prefix, 1, 7) || '1'")

@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING
 import pytest
 
 from e2e.conftest import (
-    BRIDGE,
     GNT_TIMEOUT,
     NODE,
-    gnt_exe,
+    add_ganeti_network,
+    gnt,
     gnt_list,
     pass_config,
+    remove_ganeti_networks,
     remove_instances,
-    seed_vms_elsewhere,
+    seed_elsewhere,
     unused_ids,
 )
 
@@ -40,34 +41,28 @@ NETWORK = "snf-net-1"  # Synnefo's network 1 (203.0.113.0/24 in the seed) as Gan
 NIC_IP = "203.0.113.50"  # free in the seed's pool of network 1
 
 
-def gnt(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([gnt_exe(argv[0]), *argv[1:]], capture_output=True, text=True, timeout=GNT_TIMEOUT)
-    if check and done.returncode != 0:
-        pytest.fail(f"`{' '.join(argv)}` failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
-    return done
-
-
 def status(name: str) -> str:
     rows = [r for r in gnt_list("gnt-instance", "-o", "name,status") if r[0] == name]
     return rows[0][1] if rows else "gone"
 
 
-def ensure_network() -> None:
-    if not any(r[0] == NETWORK for r in gnt_list("gnt-network", "-o", "name")):
-        gnt("gnt-network", "add", "--network=203.0.113.0/24", "--gateway=203.0.113.1", NETWORK)
-    connected = [r for r in gnt_list("gnt-network", "-o", "name,group_list") if r[0] == NETWORK]
-    if "default" not in connected[0][1]:
-        gnt("gnt-network", "connect", f"--nic-parameters=mode=bridged,link={BRIDGE}", NETWORK, "default")
+def ensure_network(db) -> None:
+    """Synnefo's network 1 on this cluster: in Ganeti, connected, and ACTIVE in its backend row."""
+    add_ganeti_network(NETWORK, "203.0.113.0/24", "default", gateway="203.0.113.1")
+    db.query(
+        "INSERT INTO db_backendnetwork (created, updated, deleted, mac_prefix, operstate, backendtime, "
+        "backend_id, network_id) VALUES (now(), now(), false, 'aa:00:00', 'ACTIVE', now(), 1, 1)"
+    )
 
 
 @pytest.fixture
 def drifted(snf: Watcher, synnefo_db, tmp_path: Path):
     """The six VMs, in step first, then drifted; yields (ids by letter, run(*args) -> report)."""
     remove_instances(PREFIX)  # an interrupted session's
-    ensure_network()
     db = synnefo_db
     ids = dict(zip("ABCDEF", unused_ids(PREFIX, 9400, 6), strict=True))
-    seed_vms_elsewhere(db)
+    seed_elsewhere(db)
+    ensure_network(db)
     db.query(
         "INSERT INTO db_flavor (id, cpu, ram, disk, deleted, allow_create, volume_type_id, public) "
         "VALUES (64, 1, 64, 1, false, true, 1, true), (65, 2, 64, 1, false, true, 1, true)"
@@ -119,6 +114,7 @@ def drifted(snf: Watcher, synnefo_db, tmp_path: Path):
     finally:
         for vm in ids.values():
             gnt("gnt-instance", "remove", "-f", f"{PREFIX}{vm}", check=False)
+        remove_ganeti_networks(NETWORK)  # the next tests' clusters have none
 
 
 def kinds(report: dict) -> set[tuple[str, int]]:

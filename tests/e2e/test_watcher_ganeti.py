@@ -26,7 +26,7 @@ from e2e.conftest import (
     gnt_list,
     pass_config,
     remove_instances,
-    seed_vms_elsewhere,
+    seed_elsewhere,
     unused_ids,
 )
 
@@ -51,7 +51,7 @@ class Cron:
         self.config = pass_config(
             snf, db.dsn, tmp_path, PREFIX, metrics_file=str(tmp_path / "snf_watcher.prom"), max_tries=2
         )
-        seed_vms_elsewhere(db)
+        seed_elsewhere(db)
         db.add_vms(range(self.vm_id, self.vm_id + 1))
         # The row as Synnefo would have it for the instance `add` makes (1 vCPU, 64 MiB, no disk,
         # no NIC): reconciliation, which every pass does too, finds no drift in it.
