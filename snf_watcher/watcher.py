@@ -221,10 +221,13 @@ def _reconcile(
     pools = db.pools(i for i, n in networks.items() if n.backend is not None and not n.backend.deleted)
     found += reconcile.network_diff(ganeti, networks, jobs, now) + reconcile.pool_diff(ganeti, pools)
     network_ids = networks.keys() | reconcile.networks_to_read(ganeti)
+    # Every network and pool is checked: one with an open finding that was not read is gone.
+    gone = {s for s in map(reconcile.subject_of, st.findings) if not s.startswith("vm:")}
     subjects = (
         {f"vm:{i}" for i in checked}
         | {f"network:{i}" for i in network_ids}
         | {f"pool:{p.pool.id}" for p in pools}
+        | gone
     )
     opts = reconcile.Options(fix, w.max_tries, w.retry_expiration, w.max_destructive_per_pass)
     outcomes, records = reconcile.decide(found, st.findings, subjects, opts, clock())
