@@ -257,13 +257,11 @@ def _correction_kind(message: dict[str, Any], kinds: frozenset[str]) -> tuple[st
 
 
 def _network_correction(message: dict[str, Any]) -> NetworkCorrection | Skip:
-    name = _field(message, "network", str)
-    network_id = id_from_name(name, NETWORK_PREFIX)
-    if network_id is None:
-        return Skip(f"network {name!r} is not named {NETWORK_PREFIX}<id>")
-    pair, when = _time(message)
+    subject = _network_subject(message)
+    if isinstance(subject, Skip):
+        return subject
     kind, expect_updated = _correction_kind(message, NETWORK_CORRECTION_KINDS)
-    return NetworkCorrection(network_id, order_key(message, pair), when, kind, expect_updated)
+    return NetworkCorrection(*subject, kind, expect_updated)
 
 
 def _correction(message: dict[str, Any], vm_id: int) -> Correction:
@@ -362,10 +360,17 @@ def _watcher_diagnostic(message: dict[str, Any], vm_id: int) -> Progress:
 
 
 def _network_status(message: dict[str, Any]) -> NetworkStatus | Skip:
+    subject = _network_subject(message)
+    if isinstance(subject, Skip):
+        return subject
+    return NetworkStatus(*subject, *_status_fields(message))
+
+
+def _network_subject(message: dict[str, Any]) -> tuple[int, Key, datetime] | Skip:
+    """The network a message is about, with its place in time; Skip for a network not Synnefo's."""
     name = _field(message, "network", str)
     network_id = id_from_name(name, NETWORK_PREFIX)
     if network_id is None:
         return Skip(f"network {name!r} is not named {NETWORK_PREFIX}<id>")
     pair, when = _time(message)
-    job_id, opcode, status, logmsg = _status_fields(message)
-    return NetworkStatus(network_id, order_key(message, pair), when, job_id, opcode, status, logmsg)
+    return network_id, order_key(message, pair), when

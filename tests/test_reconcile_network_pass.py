@@ -18,23 +18,13 @@ import copy
 import json
 
 from rapi_server import RAPI_FIXTURES
-from watcher_pass import NETWORKS, networks
+from watcher_pass import NETWORKS, findings, networks, reconcile
 
 from snf_watcher import config, ippool
 from snf_watcher.syncdb import Database
 
 GROUPS = "/2/groups?bulk=1"
 POOL_COLUMNS = 'id, available_map, reserved_map, size, base, "offset"'
-
-
-def reconcile(watch, *args: str) -> tuple[int, dict]:
-    code, out, err = watch("reconcile", "--all", "--json", *args)
-    assert out, err
-    return code, json.loads(out)
-
-
-def findings(report: dict) -> list[tuple]:
-    return [(f["kind"], f["id"], f["action"]) for f in report["findings"]]
 
 
 def backend_network(db, network_id: int) -> tuple:

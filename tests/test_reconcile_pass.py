@@ -9,24 +9,12 @@ recorded instances match the seed for snf-101 and snf-102.
 
 from __future__ import annotations
 
-import json
-
 from streams import store
-from watcher_pass import INSTANCES, instances
+from watcher_pass import INSTANCES, findings, instances, reconcile
 
 from snf_watcher import config, messages
 from snf_watcher.delivery import Delivery
 from snf_watcher.outbox import Outbox
-
-
-def reconcile(watch, *args: str) -> tuple[int, dict]:
-    code, out, err = watch("reconcile", "--all", "--json", *args)
-    assert out, err
-    return code, json.loads(out)
-
-
-def findings(report: dict) -> list[tuple]:
-    return [(f["kind"], f["id"], f["action"]) for f in report["findings"]]
 
 
 def vm(db, vm_id: int) -> tuple:

@@ -73,6 +73,17 @@ def networks(groups: dict[int, list[str]] | None = None, **reserved: str) -> lis
     return body
 
 
+def reconcile(watch, *args: str) -> tuple[int, dict]:
+    """`snf-watcher reconcile --all --json *args`: exit code and report."""
+    code, out, err = watch("reconcile", "--all", "--json", *args)
+    assert out, err
+    return code, json.loads(out)
+
+
+def findings(report: dict) -> list[tuple]:
+    return [(f["kind"], f["id"], f["action"]) for f in report["findings"]]
+
+
 def job(job_id: int, status: str, instance: str = "snf-101") -> dict:
     return {
         "id": job_id,

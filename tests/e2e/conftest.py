@@ -612,6 +612,19 @@ def pass_config(snf: Watcher, dsn: str, tmp_path: Path, prefix: str, **watcher: 
     return config
 
 
+def reconciler(config: Path) -> Callable[..., dict[str, Any]]:
+    """run(*args) -> the report of `snf-watcher --config <config> reconcile --all --json *args`."""
+
+    def run(*args: str) -> dict[str, Any]:
+        argv = [str(Path(sys.executable).parent / "snf-watcher"), "--config", str(config), "reconcile"]
+        done = subprocess.run([*argv, "--all", "--json", *args], capture_output=True, text=True, timeout=120)
+        if not done.stdout.strip():
+            pytest.fail(f"snf-watcher reconcile printed no report (exit {done.returncode}):\n{done.stderr}")
+        return json.loads(done.stdout)
+
+    return run
+
+
 def seed_elsewhere(db: Any) -> None:
     """The seed's VMs and networks live on another cluster, not this sandbox: a second backend."""
     db.query(

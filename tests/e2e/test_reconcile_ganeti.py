@@ -10,8 +10,6 @@ The seed's own VMs are moved to another backend: they are not on this cluster.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +23,7 @@ from e2e.conftest import (
     gnt,
     gnt_list,
     pass_config,
+    reconciler,
     remove_ganeti_networks,
     remove_instances,
     seed_elsewhere,
@@ -82,12 +81,7 @@ def drifted(snf: Watcher, synnefo_db, tmp_path: Path):
 
     config = pass_config(snf, db.dsn, tmp_path, PREFIX, metrics_file=None)
 
-    def run(*args: str) -> dict:
-        argv = [str(Path(sys.executable).parent / "snf-watcher"), "--config", str(config), "reconcile"]
-        done = subprocess.run([*argv, "--all", "--json", *args], capture_output=True, text=True, timeout=120)
-        if not done.stdout.strip():
-            pytest.fail(f"snf-watcher reconcile printed no report (exit {done.returncode}):\n{done.stderr}")
-        return json.loads(done.stdout)
+    run = reconciler(config)
 
     assert run()["findings"] == [], "the VMs must start in step with their rows"
 

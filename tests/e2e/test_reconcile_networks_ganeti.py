@@ -12,8 +12,6 @@ row (orphan), and pool 1 hands out 203.0.113.10, which a floating IP holds (pool
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +22,7 @@ from e2e.conftest import (
     ganeti_networks,
     gnt,
     pass_config,
+    reconciler,
     remove_ganeti_networks,
     seed_elsewhere,
     wait_jobs,
@@ -83,12 +82,7 @@ def drifted(snf: Watcher, synnefo_db, tmp_path: Path):
     add_ganeti_network(f"snf-net-{N}", "10.0.0.0/29", "default")
     config = pass_config(snf, db.dsn, tmp_path, PREFIX, metrics_file=None)
 
-    def run(*args: str) -> dict:
-        argv = [str(Path(sys.executable).parent / "snf-watcher"), "--config", str(config), "reconcile"]
-        done = subprocess.run([*argv, "--all", "--json", *args], capture_output=True, text=True, timeout=120)
-        if not done.stdout.strip():
-            pytest.fail(f"snf-watcher reconcile printed no report (exit {done.returncode}):\n{done.stderr}")
-        return json.loads(done.stdout)
+    run = reconciler(config)
 
     try:
         first = run()
