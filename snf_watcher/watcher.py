@@ -348,7 +348,8 @@ def _ganeti_fix(rapi: Rapi, o: reconcile.Outcome, r: Report) -> tuple[int, str]:
         if f.kind == "orphan":
             jobs.append(rapi.remove(f.name, reason=reason))
         elif f.kind == "network-orphan":
-            jobs += [rapi.disconnect_network(f.name, group, reason) for group in f.groups]
+            for group in f.groups:
+                jobs.append(rapi.disconnect_network(f.name, group, reason))
             jobs.append(rapi.remove_network(f.name, reason, after=tuple(jobs)))
         else:  # network-missing, network-groups: the network is wanted, connected everywhere
             net = f.network
@@ -358,10 +359,9 @@ def _ganeti_fix(rapi: Rapi, o: reconcile.Outcome, r: Report) -> tuple[int, str]:
                 after = rapi.create_network(reconcile.create_network_body(f.name, net), reason)
                 jobs.append(after)
             check = reconcile.conflicts_check(net)
-            jobs += [
-                rapi.connect_network(f.name, group, net.mode, net.link, check, reason, after=after)
-                for group in f.groups
-            ]
+            for group in f.groups:  # one by one: a failure still lists the jobs submitted before it
+                job = rapi.connect_network(f.name, group, net.mode, net.link, check, reason, after=after)
+                jobs.append(job)
     except RapiError as e:
         submitted = f" (submitted before it: jobs {', '.join(map(str, jobs))})" if jobs else ""
         return CRITICAL, f"fix failed: {e}{submitted}"
