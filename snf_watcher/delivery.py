@@ -102,7 +102,7 @@ class Delivery:
         if not entries:
             return None
         seq_of: dict[int, int] = {}
-        vm_events, network_events = [], []
+        batch = []
         done: list[int] = []
         dead: list[tuple[int, str]] = []
         skipped = 0
@@ -119,8 +119,8 @@ class Delivery:
                 log.info("skipped %s: %s", describe(entry.message), ev.reason)
                 continue
             seq_of[id(ev)] = entry.seq
-            (network_events if isinstance(ev, events.NetworkEvent) else vm_events).append(ev)
-        result = self.db.apply(vm_events, network_events)
+            batch.append(ev)
+        result = self.db.apply(batch)
         if self.outage.down:
             self.outage.recovered(time.time(), self.outbox.pending_count())
         by_seq = {e.seq: e for e in entries}

@@ -38,7 +38,7 @@ from psycopg2.extras import Json
 
 from snf_watcher import apply, ippool, reconcile
 from snf_watcher.config import DatabaseConfig
-from snf_watcher.events import BadMessage, Correction, Key, NetworkEvent, OpStatus, VmEvent
+from snf_watcher.events import BadMessage, Correction, Event, Key, NetworkEvent, OpStatus, VmEvent
 from snf_watcher.snapshot import Vm
 
 log = logging.getLogger(__name__)
@@ -285,14 +285,16 @@ class Database:
 
     # -------------------------------------------------------- the batch
 
-    def apply(self, vm_events: Iterable[VmEvent], network_events: Iterable[NetworkEvent]) -> BatchResult:
-        """Apply a batch in one transaction; DatabaseDown when it could not commit."""
+    def apply(self, batch_events: Iterable[Event]) -> BatchResult:
+        """Apply a batch (VM and network events alike) in one transaction; DatabaseDown when it
+        could not commit."""
         by_vm: dict[int, list[VmEvent]] = defaultdict(list)
-        for ev in vm_events:
-            by_vm[ev.vm_id].append(ev)
         by_net: dict[int, list[NetworkEvent]] = defaultdict(list)
-        for nev in network_events:
-            by_net[nev.network_id].append(nev)
+        for ev in batch_events:
+            if isinstance(ev, NetworkEvent):
+                by_net[ev.network_id].append(ev)
+            else:
+                by_vm[ev.vm_id].append(ev)
         with self._transaction() as cur:
             cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
             batch = _Batch(cur, self.backend_id, self.clock())

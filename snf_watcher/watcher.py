@@ -37,7 +37,7 @@ from snf_watcher import (
     state,
 )
 from snf_watcher.config import Config
-from snf_watcher.events import NETWORK_PREFIX, NetworkCorrection, id_from_name, parse
+from snf_watcher.events import NETWORK_PREFIX, id_from_name, parse
 from snf_watcher.rapi import Rapi, RapiError
 from snf_watcher.report import CRITICAL, OK, UNKNOWN, WARNING, Report
 from snf_watcher.syncdb import Database, DatabaseDown
@@ -217,10 +217,11 @@ def _reconcile(
     now = datetime.fromtimestamp(r.started, UTC)
     found = reconcile.diff(ganeti, rows, jobs, prefix, now, checked)
     ganeti = snapshot.with_networks(ganeti, rapi.networks(), rapi.groups())  # after the jobs, as instances
-    networks = db.network_rows(reconcile.networks_to_read(ganeti))
+    in_ganeti = reconcile.networks_to_read(ganeti)
+    networks = db.network_rows(in_ganeti)
     pools = db.pools(i for i, n in networks.items() if n.backend is not None and not n.backend.deleted)
     found += reconcile.network_diff(ganeti, networks, jobs, now) + reconcile.pool_diff(ganeti, pools)
-    network_ids = networks.keys() | reconcile.networks_to_read(ganeti)
+    network_ids = networks.keys() | in_ganeti
     # Every network and pool is checked: one with an open finding that was not read is gone.
     gone = {s for s in map(reconcile.subject_of, st.findings) if not s.startswith("vm:")}
     subjects = (
@@ -266,7 +267,7 @@ def _fix_rows(
     size = max(1, cfg.database.batch_size)
     batches = [events[i : i + size] for i in range(0, len(events), size)]
     if len(batches) < 2:
-        results = [db.apply(*_split(b)) for b in batches]
+        results = [db.apply(b) for b in batches]
     else:
         extra = [Database(cfg.database) for _ in range(FIX_CONNECTIONS - 1)]
         pool = [db, *extra]
@@ -277,7 +278,7 @@ def _fix_rows(
         def apply_batch(batch: list[Any]) -> Any:
             conn = free.get()
             try:
-                return conn.apply(*_split(batch))
+                return conn.apply(batch)
             finally:
                 free.put(conn)
 
@@ -296,12 +297,6 @@ def _fix_rows(
         for ev, why in result.dead:
             out[by_event[id(ev)].finding.key] = (CRITICAL, f"fix failed: {why}")
     return out
-
-
-def _split(batch: list[Any]) -> tuple[list[Any], list[Any]]:
-    """A batch's VM events and network events, as Database.apply takes them."""
-    networks = [ev for ev in batch if isinstance(ev, NetworkCorrection)]
-    return [ev for ev in batch if not isinstance(ev, NetworkCorrection)], networks
 
 
 def correction_message(f: reconcile.Finding, started: float) -> dict[str, object]:
