@@ -39,14 +39,10 @@ def index_of(pool: Pool, address: str) -> int | None:
     if not pool.base:
         return None
     try:
-        net = ipaddress.ip_network(pool.base, strict=False)
-        addr = ipaddress.ip_address(address)
-    except ValueError:
+        found, _ = _indexes(pool, [address])
+    except ValueError:  # a base that is no subnet
         return None
-    if addr.version != net.version or addr not in net:
-        return None
-    index = int(addr) - int(net.network_address) - (pool.offset or 0)
-    return index if 0 <= index < pool.size else None
+    return next(iter(found), None)
 
 
 def pool_for(pools: list[Pool], address: str) -> Pool | None:
@@ -135,6 +131,7 @@ def _indexes(pool: Pool, addresses: Iterable[str]) -> tuple[dict[int, str], list
         raise PoolError(f"IP pool {pool.id} has no base subnet")
     net = ipaddress.ip_network(pool.base, strict=False)
     first = int(net.network_address) + (pool.offset or 0)
+    size = min(pool.size, net.num_addresses - (pool.offset or 0))  # never past the subnet's end
     family = socket.AF_INET if net.version == 4 else socket.AF_INET6
     out: dict[int, str] = {}
     twice = []
@@ -143,7 +140,7 @@ def _indexes(pool: Pool, addresses: Iterable[str]) -> tuple[dict[int, str], list
             i = int.from_bytes(socket.inet_pton(family, address), "big") - first
         except (OSError, TypeError):
             continue  # not an address of this family
-        if not 0 <= i < pool.size:
+        if not 0 <= i < size:
             continue
         if i in out:
             twice.append(address)

@@ -150,7 +150,7 @@ class Finding:
 
     @property
     def subject(self) -> str:
-        return f"{SUBJECT.get(self.kind, 'vm')}:{self.id}"
+        return subject_of(self.key)
 
 
 def subject_of(key: str) -> str:
@@ -324,8 +324,13 @@ def _nics(vm_id: int, name: str, row: Row, inst: Instance, now: datetime) -> lis
 
 def networks_to_read(ganeti: Ganeti) -> set[int]:
     """Ids of the Synnefo networks Ganeti has: their rows are read even without a backend row."""
-    ids = (id_from_name(n.name, NETWORK_PREFIX) for n in ganeti.networks)
-    return {i for i in ids if i is not None}
+    return set(_synnefo_networks(ganeti))
+
+
+def _synnefo_networks(ganeti: Ganeti) -> dict[int, Network]:
+    """Ganeti's networks named snf-net-<id>, by id; the others are not Synnefo's."""
+    named = ((id_from_name(n.name, NETWORK_PREFIX), n) for n in ganeti.networks)
+    return {net_id: n for net_id, n in named if net_id is not None}
 
 
 def network_diff(
@@ -338,11 +343,7 @@ def network_diff(
     is not judged, nor one whose row is younger than BUILD_GRACE (Synnefo
     writes the row before it submits the job that creates the network).
     """
-    gnets: dict[int, Network] = {}
-    for n in ganeti.networks:
-        net_id = id_from_name(n.name, NETWORK_PREFIX)
-        if net_id is not None:
-            gnets[net_id] = n
+    gnets = _synnefo_networks(ganeti)
     out: list[Finding] = []
     for net_id in sorted(set(rows) | set(gnets)):
         row, gnet = rows.get(net_id), gnets.get(net_id)
@@ -495,7 +496,7 @@ def pool_diff(ganeti: Ganeti, pools: Iterable[PoolRows]) -> list[Finding]:
     addresses an admin reserved) must not be handed out either. An unusable
     pool (never initialised, maps too short) is reported and not touched.
     """
-    reserved = {id_from_name(n.name, NETWORK_PREFIX): n.reserved for n in ganeti.networks}
+    reserved = {net_id: n.reserved for net_id, n in _synnefo_networks(ganeti).items()}
     out = []
     for p in sorted(pools, key=lambda p: p.pool.id):
         pool, kept = p.pool, reserved.get(p.network_id, ())
