@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import pyinotify
 
 from ganeti_hooks import jobqueue
-from snf_watcher import DEFAULT_CONFIG, __version__, config, config_path, lockfile, logs
+from snf_watcher import DEFAULT_CONFIG, __version__, config, config_path, lockfile, logs, ssconf
 from snf_watcher.delivery import DeliveryThread
 from snf_watcher.messages import split_time
 from snf_watcher.outbox import JobMark, JobRecord, Outbox, OutboxError
@@ -205,14 +205,6 @@ def initial_hwm(queue_dir: str) -> int:
         return 0
 
 
-def read_ssconf(ssconf_dir: str, key: str) -> str | None:
-    try:
-        with open(os.path.join(ssconf_dir, f"ssconf_{key}")) as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
-
-
 # ---------------------------------------------------------------- the daemon
 
 
@@ -258,11 +250,11 @@ class EventDaemon:
     # -------------------------------------------------------- master
 
     def check_master(self) -> bool:
-        master = read_ssconf(self.cfg.ganeti.ssconf_dir, "master_node")
-        is_master = master == self.node_name
+        master = ssconf.read(self.cfg.ganeti.ssconf_dir, "master_node")
+        is_master = ssconf.is_master(master, self.cfg.ganeti.node_name)
         if is_master != self.master:
             if is_master:
-                self.cluster = read_ssconf(self.cfg.ganeti.ssconf_dir, "cluster_name")
+                self.cluster = ssconf.read(self.cfg.ganeti.ssconf_dir, "cluster_name")
                 log.info("this node (%s) is the master of %s: producing events", self.node_name, self.cluster)
                 self.need_catch_up = True
             else:
@@ -445,7 +437,7 @@ def start_delivery(cfg: config.Config) -> DeliveryThread | None:
     return thread
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="snf-ganeti-eventd",
         description="Watch Ganeti's job queue and store Synnefo messages in the outbox. "
@@ -454,11 +446,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", help=f"config file (default: $SNF_WATCHER_CONFIG or {DEFAULT_CONFIG})")
     p.add_argument("--debug", action="store_true", help="log at DEBUG level")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     path = config_path(args.config)
     try:
         cfg = config.load(path)

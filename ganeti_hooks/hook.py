@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from snf_watcher import config_path, hookcache, messages, spool
+from snf_watcher import config_path, hookcache, messages, spool, ssconf
 from snf_watcher.hooks import HOOK_PATHS
 
 POST = "GANETI_POST_INSTANCE_"
@@ -63,42 +63,29 @@ def hook_message(env: dict[str, str], now: float) -> dict[str, object] | None:
     )
 
 
-def is_master(master: str | None, node_name: str | None) -> bool:
-    """Post hooks run on the master and on the instance's nodes; only the master reports."""
-    if not master:
-        return False
-    if node_name:
-        return master == node_name
-    host = os.uname().nodename
-    if master == host:
-        return True
-    if master.split(".")[0] != host.split(".")[0]:
-        return False
-    import socket  # only when the short names agree and the long ones need resolving
+def build_parser():  # -> argparse.ArgumentParser; only humans pass arguments, so argparse loads only then
+    import argparse
 
-    return master == socket.getfqdn()
+    from snf_watcher import DEFAULT_CONFIG, __version__
+
+    parser = argparse.ArgumentParser(
+        prog="snf-ganeti-hook",
+        description="Ganeti post hook: report an instance's NICs to Synnefo. "
+        "Install it under /etc/ganeti/hooks/<hook-path>-post.d/ (the Debian package does).",
+    )
+    parser.add_argument("--config", help=f"config file (default: $SNF_WATCHER_CONFIG or {DEFAULT_CONFIG})")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
 
 
 def run(argv: list[str], env: dict[str, str]) -> str | None:
     """Do the hook's work; return the spool file written, if any."""
-    config_file = None
-    if argv:
-        import argparse
-
-        parser = argparse.ArgumentParser(
-            prog="snf-ganeti-hook",
-            description="Ganeti post hook: report an instance's NICs to Synnefo. "
-            "Install it under /etc/ganeti/hooks/<hook-path>-post.d/.",
-        )
-        parser.add_argument(
-            "--config", help="config file (default: $SNF_WATCHER_CONFIG or /etc/synnefo/snf-watcher.yaml)"
-        )
-        config_file = parser.parse_args(argv).config
+    config_file = build_parser().parse_args(argv).config if argv else None
     message = hook_message(env, time.time())
     if message is None:
         return None
     settings = hookcache.hook_settings(config_path(config_file))
-    if not is_master(env.get("GANETI_MASTER"), settings["node_name"]):
+    if not ssconf.is_master(env.get("GANETI_MASTER"), settings["node_name"]):
         return None
     return spool.write(settings["spool_dir"], message)
 

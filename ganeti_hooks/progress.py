@@ -77,7 +77,7 @@ def to_messages(instance: str, objects: list[Any], now: float) -> tuple[list[dic
     return out, errors
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="snf-progress-monitor",
         description="Read snf-image's JSON progress stream from stdin and store progress "
@@ -87,11 +87,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", help=f"config file (default: $SNF_WATCHER_CONFIG or {DEFAULT_CONFIG})")
     p.add_argument("--debug", action="store_true", help="log at DEBUG level")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv: list[str] | None = None, stdin: Any = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         cfg = config.load(config_path(args.config))
     except config.ConfigError as e:

@@ -4,7 +4,8 @@ Without a subcommand it is the cron pass (watcher.py): restart crashed VMs
 their owners want running, then deliver the outbox. Subcommands: `status`,
 `pause` / `resume`, `reset` (the watcher's state), `outbox` (what waits for
 the database), `deliver` (drain it into Synnefo's database now),
-`dead-letters` / `requeue` (messages the database refused), and
+`dead-letters` / `requeue` (messages the database refused), `check-config`
+(try what the config names), and
 `install-hooks` / `remove-hooks` (the Ganeti hook links for a pip install;
 the Debian package ships the same layout).
 """
@@ -23,6 +24,7 @@ from typing import Any
 from snf_watcher import (
     DEFAULT_CONFIG,
     __version__,
+    checkconfig,
     config,
     config_path,
     delivery,
@@ -105,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     which.add_argument("--all", action="store_true", help="requeue every dead letter")
 
+    c = sub.add_parser(
+        "check-config",
+        help="try everything the config names (Ganeti's files, directories, secrets, database, RAPI) "
+        "and say what is wrong",
+    )
+    c.add_argument("--json", action="store_true", help="one JSON object per check")
+
     for name, text in (
         ("install-hooks", "link snf-ganeti-hook into Ganeti's hook directories"),
         ("remove-hooks", "remove the links made by install-hooks"),
@@ -140,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             fix = frozenset(config.RECONCILE_KINDS if args.fix_all else args.fix or ())
             duties = watcher.Duties(restart=False, fix=fix, check_all=args.all)
             return run_pass(cfg, args.dry_run, args.json, args.debug, duties)
+        if args.command == "check-config":
+            return check_config(cfg, args.json)
         if args.command == "status":
             return show_status(cfg, args.json)
         if args.command == "pause":
@@ -168,6 +179,18 @@ def run_pass(
     r = watcher.run(cfg, dry_run, duties=duties)
     print(json.dumps(report.as_json(r), sort_keys=True) if as_json else report.text(r))
     return r.exit_code
+
+
+def check_config(cfg: config.Config, as_json: bool) -> int:
+    """Exit 0 when all is well, 1 with warnings, 2 when something will fail (3: the config itself)."""
+    checks = checkconfig.run(cfg)
+    for c in checks:
+        print(json.dumps(dataclasses.asdict(c) | {"level": report.LEVELS[c.level]}) if as_json else c.line())
+    level = checkconfig.worst(checks)
+    if not as_json:
+        problems = sum(c.level != report.OK for c in checks)
+        print(f"{cfg.source}: {report.LEVELS[level]}, {problems} problems")
+    return level
 
 
 def show_status(cfg: config.Config, as_json: bool) -> int:

@@ -64,8 +64,10 @@ class OutboxConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # auto: stderr on a terminal or under systemd, syslog otherwise.
-    target: Literal["auto", "stderr", "syslog"] = "auto"
+    # auto: stderr on a terminal or under systemd, syslog otherwise;
+    # file: <dir>/<program>.log, reopened when logrotate moves it.
+    target: Literal["auto", "stderr", "syslog", "file"] = "auto"
+    dir: str = "/var/log/snf-watcher"
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,8 @@ def _check_database(db: DatabaseConfig, path: str) -> None:
 
 
 def _build(cls: type, data: Any, path: str, prefix: str) -> Any:
+    if data is None and prefix:  # a section header with every key under it commented out
+        data = {}
     if not isinstance(data, dict):
         where = prefix.rstrip(".") or "top level"
         raise ConfigError(f"{path}: {where}: expected a mapping, got {_kind(data)}")

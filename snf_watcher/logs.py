@@ -2,7 +2,9 @@
 
 On a terminal or under systemd (which sets JOURNAL_STREAM) log lines go to
 stderr; otherwise (cron) to syslog, falling back to stderr where there is no
-/dev/log. `--debug` forces DEBUG.
+/dev/log. Operators who keep logs in files, as Ganeti does, choose target
+`file`: one file per program, reopened when logrotate moves it. `--debug`
+forces DEBUG.
 """
 
 from __future__ import annotations
@@ -28,8 +30,14 @@ def setup(cfg: LoggingConfig, prog: str, debug: bool = False) -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    if use_stderr(cfg.target):
-        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    if cfg.target == "file":
+        os.makedirs(cfg.dir, mode=0o750, exist_ok=True)
+        handler: logging.Handler = logging.handlers.WatchedFileHandler(os.path.join(cfg.dir, f"{prog}.log"))
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s {prog}[{os.getpid()}]: %(levelname)s: %(message)s")
+        )
+    elif use_stderr(cfg.target):
+        handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(f"{prog}: %(levelname)s: %(message)s"))
     else:
         handler = logging.handlers.SysLogHandler(

@@ -51,6 +51,24 @@ CREATE TABLE IF NOT EXISTS snf_watcher_order (
     PRIMARY KEY (object, object_id)
 )"""
 
+# What delivery and the watcher do to each table (the README lists the same).
+PRIVILEGES = {
+    "db_virtualmachine": ("SELECT", "UPDATE"),
+    "db_networkinterface": ("SELECT", "UPDATE", "INSERT", "DELETE"),
+    "db_ipaddress": ("SELECT", "UPDATE", "INSERT", "DELETE"),
+    "db_ippooltable": ("SELECT", "UPDATE"),
+    "db_volume": ("SELECT", "UPDATE"),
+    "db_backendnetwork": ("SELECT", "UPDATE", "INSERT", "DELETE"),
+    "db_ipaddresshistory": ("INSERT", "DELETE"),
+    "db_virtualmachinediagnostic": ("INSERT", "DELETE"),
+    "db_networkinterface_security_groups": ("INSERT", "DELETE"),
+    "db_flavor": ("SELECT",),
+    "db_network": ("SELECT",),
+    "db_subnet": ("SELECT",),
+    "db_backend": ("SELECT",),
+    "snf_watcher_order": ("SELECT", "INSERT", "UPDATE"),  # ours, made on the first connection
+}
+
 VM_COLUMNS = (
     "id",
     "backend_id",
@@ -143,7 +161,9 @@ class Database:
             conn = psycopg2.connect(self.cfg.dsn, **kwargs)
             with conn, conn.cursor() as cur:
                 cur.execute("SET TIME ZONE 'UTC'")
-                cur.execute(ORDER_TABLE)
+                cur.execute("SELECT to_regclass('snf_watcher_order')")
+                if cur.fetchone()[0] is None:  # CREATE ... IF NOT EXISTS needs CREATE on the schema even then
+                    cur.execute(ORDER_TABLE)
                 cur.execute("SELECT 1 FROM db_backend WHERE id = %s", (self.backend_id,))
                 if cur.fetchone() is None:
                     conn.close()
@@ -151,6 +171,30 @@ class Database:
         except psycopg2.Error as e:
             raise DatabaseDown(_one_line(e)) from None
         self.conn = conn
+
+    def access(self) -> tuple[str, bool, list[str]]:
+        """This backend's cluster name and offline flag, and each privilege the user lacks
+        (e.g. "UPDATE on db_volume"): what `snf-watcher check-config` reports."""
+        tables = [t for t, privileges in PRIVILEGES.items() for _ in privileges]
+        wanted = [p for privileges in PRIVILEGES.values() for p in privileges]
+        # Synnefo's tables have an "id serial" (snf_watcher_order has no id)
+        inserted = [t for t, p in PRIVILEGES.items() if "INSERT" in p and t.startswith("db_")]
+        with self._transaction() as cur:
+            cur.execute("SELECT clustername, offline FROM db_backend WHERE id = %s", (self.backend_id,))
+            cluster, offline = cur.fetchone()
+            cur.execute(
+                "SELECT p || ' on ' || t FROM unnest(%s::text[], %s::text[]) AS x(t, p)"
+                " WHERE NOT has_table_privilege(t, p)",
+                (tables, wanted),
+            )
+            missing = [row[0] for row in cur.fetchall()]
+            cur.execute(  # inserting a row takes the next value of its id's sequence
+                "SELECT 'USAGE on ' || s FROM unnest(%s::text[]) AS t, pg_get_serial_sequence(t, 'id') AS s"
+                " WHERE s IS NOT NULL AND NOT has_sequence_privilege(s, 'USAGE') ORDER BY t",
+                (inserted,),
+            )
+            missing += [row[0] for row in cur.fetchall()]
+        return cluster, offline, missing
 
     def close(self) -> None:
         if self.conn is not None:

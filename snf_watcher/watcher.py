@@ -34,6 +34,7 @@ from snf_watcher import (
     restart,
     snapshot,
     spool,
+    ssconf,
     state,
 )
 from snf_watcher.config import Config
@@ -95,6 +96,12 @@ def _run(cfg: Config, r: Report, clock: Callable[[], float], duties: Duties) -> 
     if paused is not None:
         until = "until resumed" if paused.until is None else f"until {report.iso(paused.until)}"
         r.headline = f"paused {until} ({paused.source}): {paused.reason or 'no reason given'}"
+        return
+    master = ssconf.read(cfg.ganeti.ssconf_dir, "master_node")
+    if not ssconf.is_master(master, cfg.ganeti.node_name):
+        # Every master candidate has the cron entry; only the master's pass acts.
+        where = f"{master} is" if master else f"no ssconf_master_node in {cfg.ganeti.ssconf_dir}"
+        r.headline = f"this node is not the master ({where}): nothing to do"
         return
     if cfg.database.dsn is None:
         r.headline = f"{cfg.source}: database.dsn is not set: cannot tell which VMs their owners want running"

@@ -65,6 +65,9 @@ def make_config(tmp_path):
             data.setdefault(section, {}).update(values)
         os.makedirs(data["ganeti"]["queue_dir"], exist_ok=True)
         os.makedirs(data["ganeti"]["ssconf_dir"], exist_ok=True)
+        master = Path(data["ganeti"]["ssconf_dir"]) / "ssconf_master_node"
+        if not master.exists():  # this node is the master unless a test says otherwise
+            master.write_text(data["ganeti"]["node_name"] + "\n")
         path = tmp_path / "snf-watcher.yaml"
         path.write_text(yaml.safe_dump(data))
         return str(path)

@@ -17,6 +17,7 @@ ALL_DEFAULTS = {
     "outbox.spool_dir": "/var/lib/snf-watcher/spool",
     "logging.level": "INFO",
     "logging.target": "auto",
+    "logging.dir": "/var/log/snf-watcher",
     "eventd.master_check_interval": 1.0,
     "eventd.batch_size": 500,
     "eventd.gap_grace": 300.0,

@@ -12,6 +12,7 @@ import os
 import subprocess
 import time
 
+import pytest
 from conftest import command
 from watcher_pass import INSTANCES, JOBS, STARTUP_101, instances, job
 
@@ -213,6 +214,21 @@ def test_without_a_database_the_pass_cannot_tell_what_owners_want(make_config, r
         "running\n"
     )
     assert rapi_server.requests == []
+
+
+@pytest.mark.parametrize("master", ["node2.ganeti.test", None])
+def test_on_a_node_that_is_not_the_master_the_pass_does_nothing_and_says_why(watch, rapi_server, master):
+    """Every master candidate has the cron entry; only the master's pass may act."""
+    if master is None:
+        os.unlink(watch.ssconf_dir / "ssconf_master_node")
+    else:
+        (watch.ssconf_dir / "ssconf_master_node").write_text(master + "\n")
+    for args in ((), ("reconcile", "--fix-all")):
+        code, out, _ = watch(*args)
+        where = f"{master} is" if master else f"no ssconf_master_node in {watch.ssconf_dir}"
+        assert (code, out) == (0, f"snf-watcher OK: this node is not the master ({where}): nothing to do\n")
+    assert rapi_server.requests == []
+    assert not os.path.exists(watch.state_file)
 
 
 def test_status_as_json(watch, rapi_server):

@@ -130,4 +130,5 @@ def watch(make_config, rapi_config, rapi_server, synnefo_db, tmp_path):
     run.state_file = tmp_path / "state" / "state.json"
     run.metrics = tmp_path / "snf_watcher.prom"
     run.ganeti_pause = tmp_path / "watcher.pause"
+    run.ssconf_dir = tmp_path / "ssconf"
     return run
