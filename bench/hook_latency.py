@@ -11,7 +11,8 @@ must exit 0, say nothing on stderr and leave one spool file.
 
 Target: mean hook time within 2x of the mean `-c pass` time.
 Extra (no target): the same with Debian's /usr/bin/python3 running the hook
-from this source tree, when that interpreter can import it.
+from this source tree, when that interpreter can import it. `--hook
+/usr/bin/snf-ganeti-hook` times the Debian package's hook as installed.
 """
 
 from __future__ import annotations
@@ -114,9 +115,14 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=20, help="untimed runs of each first (default 20)")
     p.add_argument("--tmpdir", help="where to make the temp dir (default: $TMPDIR or /tmp)")
     p.add_argument("--no-debian", action="store_true", help=f"skip the extra {DEBIAN_PYTHON} figures")
+    p.add_argument(
+        "--hook",
+        help="the hook to time, e.g. /usr/bin/snf-ganeti-hook of the Debian package "
+        "(default: the one installed beside this interpreter)",
+    )
     args = p.parse_args()
 
-    hook_cmd = benchlib.command("snf-ganeti-hook")
+    hook_cmd = args.hook or benchlib.command("snf-ganeti-hook")
     interpreter = benchlib.shebang_interpreter(hook_cmd)
     root = Path(tempfile.mkdtemp(prefix="snf-bench-hook-", dir=args.tmpdir))
     report = benchlib.Report("hook_latency: one snf-ganeti-hook run vs `python3 -c pass`")

@@ -150,36 +150,26 @@ def test_a_wrong_rapi_password_is_critical_and_names_the_keys_to_fix(node, rapi_
     assert (seen.user, seen.password) == ("rapiadmin", NOT_THE_PASSWORD)
 
 
-def test_a_rapi_user_without_write_in_the_users_file_is_critical(node):
-    node.users.write_text("rapiadmin s3cret read\n# rapiadmin s3cret write\n")
-    code, out, _ = node.run()
-    assert code == 2
+@pytest.mark.parametrize(
+    "users, level, code, problem",
+    [
+        ("rapiadmin s3cret read\n# rapiadmin s3cret write\n", "CRITICAL", 2,
+         "user rapiadmin has no write access (add `write` to its line) in {users}"),
+        ("rapiro r3ad\n#rapiadmin s3cret write\n", "CRITICAL", 2, "user rapiadmin is not listed in {users}"),
+        (None, "WARNING", 1, "cannot read {users} to check write access: No such file or directory"),
+    ],
+)  # fmt: skip
+def test_the_rapi_users_file_must_give_the_user_write_access(node, users, level, code, problem):
+    if users is None:
+        node.users.unlink()
+    else:
+        node.users.write_text(users)
+    got, out, _ = node.run()
+    assert got == code
     assert out == [
         *node.expected()[:-2],
-        f"CRITICAL rapi: user rapiadmin has no write access (add `write` to its line) in {node.users}",
-        summary(node, "CRITICAL", 1),
-    ]
-
-
-def test_a_rapi_user_missing_from_the_users_file_is_critical(node):
-    node.users.write_text("rapiro r3ad\n#rapiadmin s3cret write\n")
-    code, out, _ = node.run()
-    assert code == 2
-    assert out == [
-        *node.expected()[:-2],
-        f"CRITICAL rapi: user rapiadmin is not listed in {node.users}",
-        summary(node, "CRITICAL", 1),
-    ]
-
-
-def test_an_unreadable_users_file_is_a_warning(node):
-    node.users.unlink()
-    code, out, _ = node.run()
-    assert code == 1
-    assert out == [
-        *node.expected()[:-2],
-        f"WARNING  rapi: cannot read {node.users} to check write access: No such file or directory",
-        summary(node, "WARNING", 1),
+        f"{level:8} rapi: {problem.format(users=node.users)}",
+        summary(node, level, 1),
     ]
 
 
@@ -187,11 +177,20 @@ def test_an_unreadable_users_file_is_a_warning(node):
 
 
 @pytest.fixture
-def limited_role(synnefo_db):
-    """A login role of its own (roles are cluster-wide, so a unique name), dropped afterwards."""
+def limited_role(node, synnefo_db, pg_server, tmp_path):
+    """A login role of its own (roles are cluster-wide, so a unique name), dropped afterwards;
+    use() points the config's database at it, with its password file."""
     role = f"snf_limited_{uuid.uuid4().hex[:8]}"
     synnefo_db.query(f"CREATE ROLE {role} LOGIN PASSWORD 'limited-secret'")
-    yield role
+    password = tmp_path / "limited.password"
+    password.write_text("limited-secret\n")
+    password.chmod(0o600)
+    dsn = f"host={pg_server.socketdir} port={pg_server.port} user={role} dbname={synnefo_db.name}"
+    yield SimpleNamespace(
+        name=role,
+        password=password,
+        use=lambda: node.edit(database={"dsn": dsn, "password_file": str(password)}),
+    )
     synnefo_db.query(f"DROP OWNED BY {role}")  # its grants and the snf_watcher_order table it created
     synnefo_db.query(f"DROP ROLE {role}")
 
@@ -201,16 +200,12 @@ def test_a_database_user_with_every_privilege_needs_no_create_once_the_order_tab
 ):
     assert node.run()[0] == 0  # the superuser's first connection makes snf_watcher_order
     for table, privileges in PRIVILEGES.items():
-        synnefo_db.query(f"GRANT {', '.join(privileges)} ON {table} TO {limited_role}")
-    synnefo_db.query(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {limited_role}")
-    password = tmp_path / "limited.password"
-    password.write_text("limited-secret\n")
-    password.chmod(0o600)
-    dsn = f"host={pg_server.socketdir} port={pg_server.port} user={limited_role} dbname={synnefo_db.name}"
-    node.edit(database={"dsn": dsn, "password_file": str(password)})
+        synnefo_db.query(f"GRANT {', '.join(privileges)} ON {table} TO {limited_role.name}")
+    synnefo_db.query(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {limited_role.name}")
+    limited_role.use()
     code, out, _ = node.run()
     assert [line for line in out if "database:" in line] == [
-        f"OK       database: user={limited_role} dbname={synnefo_db.name} host={pg_server.socketdir} "
+        f"OK       database: user={limited_role.name} dbname={synnefo_db.name} host={pg_server.socketdir} "
         f"port={pg_server.port}: connected; database.backend_id 1 is cluster.ganeti.test"
     ]
     assert code == 0
@@ -227,15 +222,11 @@ def test_a_database_user_lacking_privileges_gets_each_missing_one_named(
         ("db_networkinterface", "INSERT"),
     }
     for table, privilege in sorted(granted):
-        synnefo_db.query(f"GRANT {privilege} ON {table} TO {limited_role}")
-    synnefo_db.query(f"GRANT USAGE ON SEQUENCE db_networkinterface_id_seq TO {limited_role}")
+        synnefo_db.query(f"GRANT {privilege} ON {table} TO {limited_role.name}")
+    synnefo_db.query(f"GRANT USAGE ON SEQUENCE db_networkinterface_id_seq TO {limited_role.name}")
     # snf_watcher_order does not exist yet: the role makes it on its first connection (and owns it).
-    synnefo_db.query(f"GRANT CREATE ON SCHEMA public TO {limited_role}")
-    password = tmp_path / "limited.password"
-    password.write_text("limited-secret\n")
-    password.chmod(0o600)
-    dsn = f"host={pg_server.socketdir} port={pg_server.port} user={limited_role} dbname={synnefo_db.name}"
-    node.edit(database={"dsn": dsn, "password_file": str(password)})
+    synnefo_db.query(f"GRANT CREATE ON SCHEMA public TO {limited_role.name}")
+    limited_role.use()
 
     code, out, _ = node.run()
 
@@ -258,12 +249,14 @@ def test_a_database_user_lacking_privileges_gets_each_missing_one_named(
         "DELETE on db_networkinterface",
     ]
     assert missing[-1] == "USAGE on public.db_virtualmachinediagnostic_id_seq"
-    shown = f"user={limited_role} dbname={synnefo_db.name} host={pg_server.socketdir} port={pg_server.port}"
+    shown = (
+        f"user={limited_role.name} dbname={synnefo_db.name} host={pg_server.socketdir} port={pg_server.port}"
+    )
     assert code == 2
     expected = replaced(
         node.expected(),
         "OK       secrets: database.password_file",
-        f"OK       secrets: database.password_file {password} is readable by this user only",
+        f"OK       secrets: database.password_file {limited_role.password} is readable by this user only",
     )
     expected = replaced(
         expected,
