@@ -9,7 +9,9 @@ the few sections a parser cannot know (files, exit status) are below.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,8 @@ from typing import Any
 from ganeti_hooks import eventd, hook, progress
 from snf_watcher import DEFAULT_CONFIG, __version__, cli
 
-DATE = "2026-11-21"
+# dpkg-buildpackage sets SOURCE_DATE_EPOCH from debian/changelog: the same pages on every build.
+DATE = time.strftime("%Y-%m-%d", time.gmtime(int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))))
 CONFIG_FILE = ("FILES", [(DEFAULT_CONFIG, "The configuration, every key documented in it.")])
 SEE_ALSO = "snf-watcher(8), snf-ganeti-eventd(8), snf-ganeti-hook(8), snf-progress-monitor(8)"
 
