@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deb.conftest import PACKAGE, REPO, Build, build_package, install, run, status
+from deb.conftest import PACKAGE, REPO, Build, build_package, install, purge, run, status
 from snf_watcher import __version__, cli
 from snf_watcher.hooks import HOOK_PATHS, LINK_NAME
 
@@ -60,6 +60,20 @@ def cron_entries(text: str) -> tuple[dict[str, str], list[list[str]]]:
             assert len(fields) == 7, f"not a cron.d entry: {line!r}"
             entries.append(fields)
     return env, entries
+
+
+def run_as_cron(timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The command line of /etc/cron.d/snf-watcher, run as cron runs it: its variables, /bin/sh."""
+    env, ((*_, command),) = cron_entries(CRON.read_text())
+    return subprocess.run(
+        ["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def unit_file() -> configparser.ConfigParser:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(UNIT)
+    return unit
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -143,7 +157,7 @@ def test_cron_runs_the_pass_every_5_minutes_as_root_and_only_the_master_acts(ins
     assert (when, user) == (["*/5", "*", "*", "*", "*"], "root")
     assert "/usr/bin/snf-watcher" in command
     # As cron runs it, on this machine, which is no Ganeti master: nothing to do, exit 0, nothing to mail.
-    done = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=60)
+    done = run_as_cron()
     assert (done.returncode, done.stdout) == (0, "")
 
 
@@ -151,8 +165,7 @@ def test_the_eventd_unit_is_valid_restarts_on_failure_and_waits_to_be_enabled(in
     done = run("systemd-analyze", "verify", str(UNIT), check=False)
     assert done.returncode == 0, done.stderr
     assert "snf-ganeti-eventd" not in done.stdout + done.stderr
-    unit = configparser.ConfigParser(strict=False, interpolation=None)
-    unit.read(UNIT)
+    unit = unit_file()
     assert unit["Service"]["ExecStart"] == "/usr/bin/snf-ganeti-eventd"
     assert unit["Service"]["Restart"] == "on-failure"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
@@ -221,7 +234,7 @@ def test_an_upgrade_keeps_the_config_the_state_and_the_outbox(installed: Build, 
 
 def test_remove_takes_hooks_commands_and_unit_away_and_purge_everything(build: Build):
     if status():
-        run("apt-get", "purge", "-y", "-q", PACKAGE)
+        purge()
     install(build.deb)
     run("systemctl", "enable", "snf-ganeti-eventd")  # as the README says; works without a running systemd
     assert WANTS.is_symlink()
@@ -234,12 +247,11 @@ def test_remove_takes_hooks_commands_and_unit_away_and_purge_everything(build: B
     assert not UNIT.exists()
     # dpkg keeps conffiles until purge (Debian policy 10.7.3): the cron entry stays, and runs
     # nothing, because it tests for the command first (policy 9.5.1).
-    env, ((*_, command),) = cron_entries(CRON.read_text())
-    done = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=60)
+    done = run_as_cron()
     assert (done.returncode, done.stdout, done.stderr) == (1, "", "")
     assert CONFIG.exists() and (STATE_DIR / "pause.json").exists()  # a reinstall carries on
 
-    run("apt-get", "purge", "-y", "-q", PACKAGE)
+    purge()
     assert status() == ""
     left = [p for p in (CRON, CONFIG, UNIT, WANTS, STATE_DIR, LOG_DIR, RUN_DIR) if os.path.lexists(p)]
     left += [p for p in HOOK_LINKS if os.path.lexists(p)]

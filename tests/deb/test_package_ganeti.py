@@ -24,7 +24,9 @@ from e2e.conftest import (
     RAPI_PASSWORD,
     RAPI_PORT,
     RAPI_USER,
+    SMALL_VM,
     Sandbox,
+    add_args,
     gnt,
     gnt_list,
     job_id_from_output,
@@ -34,7 +36,7 @@ from e2e.conftest import (
 )
 
 from deb.conftest import APT_ENV, Build
-from deb.test_package import CONFIG, CRON, LOG_DIR, STATE_DIR, UNIT, cron_entries
+from deb.test_package import CONFIG, LOG_DIR, STATE_DIR, run_as_cron, unit_file
 
 pytestmark = [pytest.mark.package, pytest.mark.root, pytest.mark.ganeti]
 
@@ -66,9 +68,7 @@ class Node:
 
     def start_eventd(self) -> None:
         """As systemd runs the unit: its ExecStart, a bare environment, no --config."""
-        (exec_start,) = [
-            line.split("=", 1)[1] for line in UNIT.read_text().splitlines() if line.startswith("ExecStart=")
-        ]
+        exec_start = unit_file()["Service"]["ExecStart"]
         log = open(self.stderr, "ab")  # noqa: SIM115 -- the daemon's, kept apart from the package's log dir
         self.eventd = subprocess.Popen(exec_start.split(), env=dict(APT_ENV), stdout=log, stderr=log)
 
@@ -138,10 +138,7 @@ def node(installed: Build, sandbox: Sandbox, synnefo_db, tmp_path: Path) -> Iter
 
 def add_instance(name: str) -> int:
     """`gnt-instance add` as Synnefo's create would (diskless, no OS install, no NIC); its job id."""
-    done = gnt(
-        "gnt-instance", "add", "-t", "diskless", "-o", "noop+default", "--no-install", "--no-name-check",
-        "--no-ip-check", "-n", NODE, "--no-nics", "-B", "memory=64M,vcpus=1", "--submit", name,
-    )  # fmt: skip
+    done = gnt(*add_args(name, *SMALL_VM, "--submit"))
     job = job_id_from_output(done.stdout + done.stderr)
     assert job is not None, done.stdout + done.stderr
     return job
@@ -190,16 +187,14 @@ def test_check_config_passes_and_an_instance_operation_reaches_the_database(node
 
 
 def test_the_installed_cron_entry_restarts_a_crashed_instance(node: Node):
-    gnt("gnt-instance", "add", "-t", "diskless", "-o", "noop+default", "--no-install", "--no-name-check",
-        "--no-ip-check", "-n", NODE, "--no-nics", "-B", "memory=64M,vcpus=1", node.name)  # fmt: skip
+    gnt(*add_args(node.name, *SMALL_VM))
     gnt("gnt-instance", "startup", node.name)
     node.db.query("UPDATE db_virtualmachine SET operstate = 'STARTED' WHERE id = %s", (node.vm_id,))
     crashed = node.sandbox.exec("rm", "-f", f"{FAKE_HV}/{node.name}")  # what a guest crash looks like
     assert crashed.returncode == 0, crashed.stderr
     node.wait_for("the crash seen by Ganeti", lambda: node.instance_status() == "ERROR_down")
 
-    env, ((*_, command),) = cron_entries(CRON.read_text())
-    done = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=120)
+    done = run_as_cron(timeout=120)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
 
     node.wait_for("the instance running again", lambda: node.instance_status() == "running", timeout=120)

@@ -205,6 +205,19 @@ def gnt_list(command: str, *args: str) -> list[list[str]]:
     return [line.split("|") for line in proc.stdout.splitlines() if line.strip()]
 
 
+# Flavor 64 of the tests' databases: 1 vCPU, 64 MiB, no disk; no NIC.
+SMALL_VM = ("--no-nics", "-B", "memory=64M,vcpus=1")
+
+
+def add_args(name: str, *options: str) -> list[str]:
+    """`gnt-instance add` for *name* as the tests make instances: diskless, with the no-op OS
+    not installed (so not started), on the sandbox's node; *options* add NICs, params, --submit."""
+    return [
+        "gnt-instance", "add", "-t", "diskless", "-o", "noop+default", "--no-install", "--no-name-check",
+        "--no-ip-check", "-n", NODE, *options, name,
+    ]  # fmt: skip
+
+
 def gnt(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a gnt-* command in the host namespace; fail the test with its output if it fails."""
     done = subprocess.run([gnt_exe(argv[0]), *argv[1:]], capture_output=True, text=True, timeout=GNT_TIMEOUT)

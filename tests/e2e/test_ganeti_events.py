@@ -15,39 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from e2e.conftest import BRIDGE, CLUSTER, FINAL, NODE, add_args
+
 if TYPE_CHECKING:
     from e2e.conftest import GntResult, Watcher
 
 pytestmark = [pytest.mark.ganeti, pytest.mark.root]
 
-NODE = "node1.ganeti.test"
-CLUSTER = "cluster.ganeti.test"
-BRIDGE = "gnt-br0"
-FINAL = ("success", "error", "canceled")
 
 MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 RANK = {"queued": 0, "waiting": 1, "canceling": 2, "running": 3, "success": 4, "error": 4, "canceled": 4}
 
 
 def add_instance(snf: Watcher, name: str, ip: str) -> GntResult:
-    return snf.gnt(
-        "gnt-instance",
-        "add",
-        "-t",
-        "diskless",
-        "-o",
-        "noop+default",
-        "--no-install",
-        "--no-name-check",
-        "--no-ip-check",
-        "-n",
-        NODE,
-        "--net",
-        f"0:ip={ip},link={BRIDGE}",
-        "-B",
-        "memory=64M",
-        name,
-    )
+    return snf.gnt(*add_args(name, "--net", f"0:ip={ip},link={BRIDGE}", "-B", "memory=64M"))
 
 
 def check_op_messages(

@@ -18,7 +18,8 @@ import pytest
 
 from e2e.conftest import (
     GNT_TIMEOUT,
-    NODE,
+    SMALL_VM,
+    add_args,
     add_ganeti_network,
     gnt,
     gnt_list,
@@ -68,10 +69,7 @@ def drifted(snf: Watcher, synnefo_db, tmp_path: Path):
     )
     for vm in ids.values():
         db.add_vms(range(vm, vm + 1))
-        gnt(
-            "gnt-instance", "add", "-t", "diskless", "-o", "noop+default", "--no-install", "--no-name-check",
-            "--no-ip-check", "-n", NODE, "--no-nics", "-B", "memory=64M,vcpus=1", f"{PREFIX}{vm}",
-        )  # fmt: skip
+        gnt(*add_args(f"{PREFIX}{vm}", *SMALL_VM))
         gnt("gnt-instance", "startup", f"{PREFIX}{vm}")
     db.query(
         "UPDATE db_virtualmachine SET operstate = 'STARTED', flavor_id = 64, backend_id = 1 "

@@ -21,7 +21,8 @@ import pytest
 
 from e2e.conftest import (
     GNT_TIMEOUT,
-    NODE,
+    SMALL_VM,
+    add_args,
     gnt_exe,
     gnt_list,
     pass_config,
@@ -66,10 +67,7 @@ class Cron:
         )
 
     def add(self, snf: Watcher) -> None:
-        snf.gnt(
-            "gnt-instance", "add", "-t", "diskless", "-o", "noop+default", "--no-install", "--no-name-check",
-            "--no-ip-check", "-n", NODE, "--no-nics", "-B", "memory=64M,vcpus=1", self.name,
-        )  # fmt: skip
+        snf.gnt(*add_args(self.name, *SMALL_VM))
         snf.gnt("gnt-instance", "startup", self.name)  # --no-install: not started by add
         self.wait_status("running")
 
