@@ -154,8 +154,7 @@ def database(cfg: Config) -> list[Check]:
     where = safe_dsn(d.dsn)
     db = Database(d)
     try:
-        db.connect()
-        cluster, offline, missing = db.access()
+        cluster, offline, missing = db.access()  # connects first, as every Database call does
     except DatabaseDown as e:
         return [Check(CRITICAL, "database", f"{where}: {e}")]
     finally:
