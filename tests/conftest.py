@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from pgserver import pg_server, synnefo_db  # noqa: F401  (fixtures: a real PostgreSQL with the Synnefo seed)
+from pgserver import PgServer, PgServerError, SynnefoDb
 from rapi_server import rapi_certs, rapi_config, rapi_server  # noqa: F401  (fixtures: a fake HTTPS ganeti-rapi)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ganeti-3.0.2"
@@ -73,6 +74,47 @@ def make_config(tmp_path):
         return str(path)
 
     return make
+
+
+# ---------------------------------------------------------------- a real PostgreSQL with the Synnefo seed
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One PostgreSQL server for the session, with the Synnefo template loaded. Fails, never skips."""
+    server: PgServer | None = None
+    problem: str | None = None
+    try:
+        server = PgServer()
+        server.start()
+        server.create_template()
+    except PgServerError as e:
+        problem = str(e)
+    except BaseException:
+        if server is not None:
+            server.destroy()
+        raise
+    if problem is not None:  # outside the except block, so the report is the reason and nothing else
+        if server is not None:
+            server.destroy()
+        pytest.fail(f"cannot set up the test PostgreSQL server:\n{problem}", pytrace=False)
+    assert server is not None
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def synnefo_db(pg_server: PgServer) -> Iterator[SynnefoDb]:
+    """A fresh copy of the seeded Synnefo database for one test, dropped afterwards."""
+    name = pg_server.new_database()
+    db = SynnefoDb(name=name, dsn=pg_server.dsn(name), server=pg_server)
+    try:
+        yield db
+    finally:
+        db.close()
+        pg_server.drop_database(name)
 
 
 # Last: watcher_pass uses the helpers above.

@@ -4,10 +4,11 @@ snf-watcher writes to Synnefo's Cyclades database, so its tests need the real
 thing: PostgreSQL's locking, deferred constraints and transaction semantics
 are what we must get right, and no fake reproduces them.
 
-One server per test session (fixture `pg_server`) holds a template database
-with tests/synnefo/schema.sql and seed.sql loaded once; each test gets its own
-copy of it (fixture `synnefo_db`), which takes tens of milliseconds instead of
-reloading the SQL.
+One server per test session (fixture `pg_server`, tests/conftest.py) holds a
+template database with tests/synnefo/schema.sql and seed.sql loaded once; each
+test gets its own copy of it (fixture `synnefo_db`), which takes tens of
+milliseconds instead of reloading the SQL. The benchmarks (bench/) and the demo
+(demo/) use the same classes; the demo keeps its server running after it exits.
 
 The server listens on a Unix socket only, in a private temp directory, so
 parallel sessions (or a system PostgreSQL) never collide. initdb refuses to run
@@ -17,9 +18,11 @@ postgresql-15 package) or, failing that, `nobody`.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -28,14 +31,13 @@ import tempfile
 import time
 import uuid
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
-import pytest
 from psycopg2 import sql
 
 BINDIR = Path("/usr/lib/postgresql/15/bin")
@@ -64,6 +66,14 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _configured_port(datadir: Path) -> int:
+    """The port an existing server of ours listens on: the last `port = N` of its postgresql.conf."""
+    ports = re.findall(r"^port = (\d+)$", (datadir / "postgresql.conf").read_text(), re.M)
+    if not ports:
+        raise PgServerError(f"{datadir}/postgresql.conf sets no port: not a server made by {__name__}")
+    return int(ports[-1])
 
 
 def _dsn_quote(value: str) -> str:
@@ -109,11 +119,13 @@ def _check_binaries(bindir: Path, names: Sequence[str]) -> None:
 
 
 class PgServer:
-    """One throwaway PostgreSQL server: its own data dir, socket dir and log, all in one temp dir.
+    """One PostgreSQL server: its own data dir, socket dir and log, all in one directory.
 
     Construction runs initdb; start() starts the server; destroy() stops it and removes
-    everything. A finalizer destroys it at interpreter exit too, so an interrupted
-    session does not leave a server behind.
+    everything. By default the directory is a new temp dir and a finalizer destroys the
+    server at interpreter exit, so an interrupted session does not leave one behind. With
+    *base* and *keep* (the demo) the server outlives this process, and constructing it again
+    on the same *base* takes up the existing server instead of running initdb.
     """
 
     def __init__(
@@ -124,6 +136,8 @@ class PgServer:
         user: str | None = None,
         shared_buffers: str = "16MB",
         max_connections: int = 50,
+        base: str | os.PathLike[str] | None = None,
+        keep: bool = False,
     ) -> None:
         self.bindir = Path(bindir)
         _check_binaries(self.bindir, ("initdb", "pg_ctl", "postgres", "psql"))
@@ -136,17 +150,24 @@ class PgServer:
             self._runuser = [runuser, "-u", self._user.pw_name, "--"]
         self.fsync = fsync
         self.template: str | None = None  # set by create_template()
-        self.port = _free_port()
-        # Not under pytest's tmp_path: its 0700 parents would keep the server user out.
-        self.base = Path(tempfile.mkdtemp(prefix="snf-pg-"))
+        if base is None:
+            # Not under pytest's tmp_path: its 0700 parents would keep the server user out.
+            self.base = Path(tempfile.mkdtemp(prefix="snf-pg-"))
+        else:
+            self.base = Path(base)
+            self.base.mkdir(parents=True, exist_ok=True)
         self.datadir = self.base / "data"
-        self._pg_ctl = [str(self.bindir / "pg_ctl"), "-D", str(self.datadir)]
-        self._finalizer = weakref.finalize(
-            self, _cleanup, self.base, self._runuser + self._pg_ctl, _clean_env()
-        )
-        self.base.chmod(0o755)
         self.socketdir = self.base / "socket"
         self.logfile = self.base / "server.log"
+        existing = (self.datadir / "PG_VERSION").exists()
+        self.port = _configured_port(self.datadir) if existing else _free_port()
+        self._pg_ctl = [str(self.bindir / "pg_ctl"), "-D", str(self.datadir)]
+        cleanup = functools.partial(_cleanup, self.base, self._runuser + self._pg_ctl, _clean_env())
+        # A finalizer runs at most once, at destroy() or at exit; a kept server has none.
+        self._destroy: Callable[[], Any] = cleanup if keep else weakref.finalize(self, cleanup)
+        if existing:
+            return
+        self.base.chmod(0o755)
         if len(str(self.socketdir / f".s.PGSQL.{self.port}")) > _SOCKET_PATH_MAX:
             self.destroy()
             raise PgServerError(
@@ -269,8 +290,8 @@ class PgServer:
         self.start()
 
     def destroy(self) -> None:
-        """Stop the server if it runs and remove the temp dir; safe to call twice."""
-        self._finalizer()
+        """Stop the server if it runs and remove its directory; safe to call twice."""
+        self._destroy()
 
     def log_text(self) -> str:
         """The server's log so far, for failure messages."""
@@ -300,8 +321,8 @@ class PgServer:
         finally:
             conn.close()
 
-    def create_template(self, name: str = TEMPLATE) -> str:
-        """Create a database with Synnefo's schema and seed data, and mark it as a template.
+    def create_database(self, name: str) -> str:
+        """Create a database with Synnefo's schema and seed data.
 
         psql loads the files as they are documented to be loaded (ON_ERROR_STOP, each file
         its own transaction), and names file and line if one fails.
@@ -310,6 +331,11 @@ class PgServer:
         argv = [str(self.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.dsn(name)]
         argv += ["-f", str(SCHEMA_SQL), "-f", str(SEED_SQL)]
         self._run(argv, f"loading {SCHEMA_SQL.name} and {SEED_SQL.name} into {name}", as_server=False)
+        return name
+
+    def create_template(self, name: str = TEMPLATE) -> str:
+        """create_database(), marked as a template for new_database()."""
+        self.create_database(name)
         self._admin(sql.SQL("ALTER DATABASE {} IS_TEMPLATE true").format(sql.Identifier(name)))
         self.template = name
         return name
@@ -364,9 +390,6 @@ def _kill_postmaster(datadir: Path) -> None:
         time.sleep(0.05)
 
 
-# --- pytest fixtures -------------------------------------------------------------------------
-
-
 @dataclass
 class SynnefoDb:
     """A test's own copy of the Synnefo database, with a lazily opened autocommit connection."""
@@ -412,45 +435,19 @@ class SynnefoDb:
         )
         self.query("ANALYZE db_virtualmachine")  # the planner then knows the table is big
 
+    def seed_elsewhere(self) -> None:
+        """The seed's VMs and networks live on another cluster (a second backend), not this one."""
+        self.query(
+            'INSERT INTO db_backend (id, clustername, port, hash, "index", drained, offline, hypervisor, '
+            "updated, mfree, mtotal, dfree, dtotal, pinst_cnt, ctotal, public) VALUES "
+            "(2, 'other.example', 5080, 'x', 1, false, false, 'kvm', now(), 0, 0, 0, 0, 0, 0, true)"
+        )
+        self.query("UPDATE db_virtualmachine SET backend_id = 2")
+        self.query(
+            "UPDATE db_backendnetwork SET backend_id = 2, mac_prefix = substr(mac_prefix, 1, 7) || '1'"
+        )
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    """One PostgreSQL server for the session, with the Synnefo template loaded. Fails, never skips."""
-    server: PgServer | None = None
-    problem: str | None = None
-    try:
-        server = PgServer()
-        server.start()
-        server.create_template()
-    except PgServerError as e:
-        problem = str(e)
-    except BaseException:
-        if server is not None:
-            server.destroy()
-        raise
-    if problem is not None:  # outside the except block, so the report is the reason and nothing else
-        if server is not None:
-            server.destroy()
-        pytest.fail(f"cannot set up the test PostgreSQL server:\n{problem}", pytrace=False)
-    assert server is not None
-    try:
-        yield server
-    finally:
-        server.destroy()
-
-
-@pytest.fixture
-def synnefo_db(pg_server: PgServer) -> Iterator[SynnefoDb]:
-    """A fresh copy of the seeded Synnefo database for one test, dropped afterwards."""
-    name = pg_server.new_database()
-    db = SynnefoDb(name=name, dsn=pg_server.dsn(name), server=pg_server)
-    try:
-        yield db
-    finally:
-        db.close()
-        pg_server.drop_database(name)

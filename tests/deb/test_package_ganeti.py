@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from e2e.conftest import (
+from sandbox import (
     CLUSTER,
     GANETI_DIR,
     NODE,
@@ -28,10 +28,9 @@ from e2e.conftest import (
     Sandbox,
     add_args,
     gnt,
-    gnt_list,
+    instance_status,
     job_id_from_output,
     remove_instances,
-    seed_elsewhere,
     unused_ids,
 )
 
@@ -41,7 +40,6 @@ from deb.test_package import CONFIG, LOG_DIR, STATE_DIR, run_as_cron, unit_file
 pytestmark = [pytest.mark.package, pytest.mark.root, pytest.mark.ganeti]
 
 PREFIX = "snfd-"  # this module's instances; the other e2e tests' are not in this database
-FAKE_HV = "/var/run/ganeti/fake-hypervisor"
 RAPI_SECRET = Path("/etc/synnefo/snf-watcher.rapi-password")
 WAIT = 30.0
 
@@ -73,8 +71,7 @@ class Node:
         self.eventd = subprocess.Popen(exec_start.split(), env=dict(APT_ENV), stdout=log, stderr=log)
 
     def instance_status(self) -> str:
-        rows = [r for r in gnt_list("gnt-instance", "-o", "name,status") if r[0] == self.name]
-        return rows[0][1] if rows else "gone"
+        return instance_status(self.name)
 
     def wait_for(self, what: str, check, timeout: float = WAIT):
         deadline = time.monotonic() + timeout
@@ -112,7 +109,7 @@ def configure(db) -> None:
 @pytest.fixture
 def node(installed: Build, sandbox: Sandbox, synnefo_db, tmp_path: Path) -> Iterator[Node]:
     remove_instances(PREFIX)
-    seed_elsewhere(synnefo_db)
+    synnefo_db.seed_elsewhere()
     synnefo_db.query("UPDATE db_backend SET clustername = %s WHERE id = 1", (CLUSTER,))
     synnefo_db.query(
         "INSERT INTO db_flavor (id, cpu, ram, disk, deleted, allow_create, volume_type_id, public) "
@@ -190,9 +187,7 @@ def test_the_installed_cron_entry_restarts_a_crashed_instance(node: Node):
     gnt(*add_args(node.name, *SMALL_VM))
     gnt("gnt-instance", "startup", node.name)
     node.db.query("UPDATE db_virtualmachine SET operstate = 'STARTED' WHERE id = %s", (node.vm_id,))
-    crashed = node.sandbox.exec("rm", "-f", f"{FAKE_HV}/{node.name}")  # what a guest crash looks like
-    assert crashed.returncode == 0, crashed.stderr
-    node.wait_for("the crash seen by Ganeti", lambda: node.instance_status() == "ERROR_down")
+    node.sandbox.crash(node.name)
 
     done = run_as_cron(timeout=120)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")

@@ -1,7 +1,8 @@
 """End-to-end fixtures: a real single-node Ganeti cluster, snf-ganeti-eventd and our hooks.
 
 The cluster is the sandbox of tests/harness/ganeti-sandbox.sh (Debian's ganeti
-package, fake hypervisor, private network namespace). Per test session:
+package, fake hypervisor, private network namespace), driven through
+tests/sandbox.py. Per test session:
 
 - the sandbox is destroyed and brought up afresh (SNF_E2E_REUSE=1 keeps the
   existing cluster), and stopped with `down` at the end (SNF_E2E_DESTROY=1:
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -34,38 +34,35 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from sandbox import (
+    FINAL,
+    GANETI_DIR,
+    NODE,
+    QUEUE_DIR,
+    RAPI_PASSWORD,
+    RAPI_PORT,
+    RAPI_USER,
+    GntResult,
+    Sandbox,
+    SandboxError,
+    gnt_list,
+    remove_instances,
+    submit,
+    tail,
+)
 
 from snf_watcher import hooks
 from snf_watcher.outbox import Entry, Outbox
 
-HARNESS = Path(__file__).resolve().parents[1] / "harness" / "ganeti-sandbox.sh"
-NODE = "node1.ganeti.test"
-CLUSTER = "cluster.ganeti.test"
-BRIDGE = "gnt-br0"
-GANETI_DIR = "/var/lib/ganeti"
-QUEUE_DIR = "/var/lib/ganeti/queue"
 HOOKS_DIR = Path(hooks.HOOKS_DIR)
 VETO_HOOK = HOOKS_DIR / "instance-start-pre.d" / "10-snf-e2e-veto"
-FINAL = ("success", "error", "canceled")
 WAIT = float(os.environ.get("SNF_E2E_WAIT", "20"))  # seconds to wait for the outbox
-GNT_TIMEOUT = 180
-# The sandbox's RAPI, forwarded to the host's loopback (ganeti-sandbox.sh), for the watcher's tests.
-RAPI_PORT = int(os.environ.get("SNF_E2E_RAPI_PORT", "15080"))
-RAPI_USER, RAPI_PASSWORD = "snf-e2e", "snf-e2e-secret"  # the harness's write user
 
 T = TypeVar("T")
 
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0", "no", "false")
-
-
-def _tail(path: Path, lines: int = 60) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as e:
-        return f"({path}: {e.strerror})"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 # ---------------------------------------------------------------- preconditions
@@ -99,186 +96,24 @@ def _require_root_and_namespaces() -> None:
 # ---------------------------------------------------------------- the sandbox
 
 
-@dataclass
-class Sandbox:
-    log: Path
-
-    def run(self, command: str, timeout: float = 900) -> None:
-        """Run `ganeti-sandbox.sh <command>`; fail the tests with its output if it fails."""
-        rc = self.try_run(command, timeout)
-        if rc != 0:
-            what = f"timed out after {timeout}s" if rc is None else f"exited {rc}"
-            pytest.fail(
-                f"ganeti-sandbox.sh {command} {what}; its log ({self.log}):\n{_tail(self.log)}",
-                pytrace=False,
-            )
-
-    def try_run(self, command: str, timeout: float) -> int | None:
-        """Run `ganeti-sandbox.sh <command>`, output appended to the log; its exit code (None: timeout)."""
-        t0 = time.monotonic()
-        with self.log.open("a") as out:
-            out.write(f"\n$ {HARNESS} {command}\n")
-            out.flush()
-            try:
-                proc = subprocess.run(
-                    ["bash", str(HARNESS), command],
-                    env={**os.environ, "SANDBOX_RAPI_FORWARD_PORT": str(RAPI_PORT)},
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,  # a file, not a pipe: the daemons it starts outlive it
-                    stderr=subprocess.STDOUT,
-                    timeout=timeout,
-                )
-                rc = proc.returncode
-            except subprocess.TimeoutExpired:
-                rc = None
-            out.write(f"# {command}: exit {rc} after {time.monotonic() - t0:.1f}s\n")
-        return rc
-
-    def exec(self, *argv: str) -> subprocess.CompletedProcess[str]:
-        """Run a command inside the sandbox namespaces."""
-        return subprocess.run(
-            ["bash", str(HARNESS), "exec", *argv], capture_output=True, text=True, timeout=GNT_TIMEOUT
-        )
-
-
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     _require_root_and_namespaces()
     box = Sandbox(tmp_path_factory.mktemp("ganeti-sandbox") / "harness.log")
-    if not _env_flag("SNF_E2E_REUSE"):
-        box.run("destroy")  # a fresh cluster: job ids, instances and hooks from scratch
     try:
-        box.run("up")
-    except BaseException:
-        box.try_run("down", 300)  # stop what did start
-        raise
+        if not _env_flag("SNF_E2E_REUSE"):
+            box.run("destroy")  # a fresh cluster: job ids, instances and hooks from scratch
+        try:
+            box.run("up")
+        except BaseException:
+            box.try_run("down", 300)  # stop what did start
+            raise
+    except SandboxError as e:
+        pytest.fail(str(e), pytrace=False)
     try:
         yield box
     finally:
         box.run("destroy" if _env_flag("SNF_E2E_DESTROY") else "down")
-
-
-# ---------------------------------------------------------------- Ganeti commands
-
-
-@dataclass
-class GntResult:
-    argv: list[str]
-    returncode: int
-    output: str
-    job_id: int | None
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
-
-
-_JOB_ID_PATTERNS = (
-    re.compile(r"\A\s*(\d+)\s*$", re.M),  # --print-jobid: the id alone on the first line
-    re.compile(r"^Waiting for job (\d+)\b", re.M),  # startup/shutdown/reboot (JobExecutor)
-    re.compile(r"^JobID: (\d+)\b", re.M),
-)
-
-
-def job_id_from_output(text: str) -> int | None:
-    for pattern in _JOB_ID_PATTERNS:
-        m = pattern.search(text)
-        if m:
-            return int(m.group(1))
-    return None
-
-
-def gnt_exe(command: str) -> str:
-    return shutil.which(command) or f"/usr/sbin/{command}"
-
-
-def gnt_list(command: str, *args: str) -> list[list[str]]:
-    """Rows of a `gnt-* list --no-headers --separator=|` (run in the host namespace)."""
-    proc = subprocess.run(
-        [gnt_exe(command), "list", "--no-headers", "--separator=|", *args],
-        capture_output=True,
-        text=True,
-        timeout=GNT_TIMEOUT,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"{command} list {' '.join(args)} failed: {proc.stdout}{proc.stderr}", pytrace=False)
-    return [line.split("|") for line in proc.stdout.splitlines() if line.strip()]
-
-
-# Flavor 64 of the tests' databases: 1 vCPU, 64 MiB, no disk; no NIC.
-SMALL_VM = ("--no-nics", "-B", "memory=64M,vcpus=1")
-
-
-def add_args(name: str, *options: str) -> list[str]:
-    """`gnt-instance add` for *name* as the tests make instances: diskless, with the no-op OS
-    not installed (so not started), on the sandbox's node; *options* add NICs, params, --submit."""
-    return [
-        "gnt-instance", "add", "-t", "diskless", "-o", "noop+default", "--no-install", "--no-name-check",
-        "--no-ip-check", "-n", NODE, *options, name,
-    ]  # fmt: skip
-
-
-def gnt(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run a gnt-* command in the host namespace; fail the test with its output if it fails."""
-    done = subprocess.run([gnt_exe(argv[0]), *argv[1:]], capture_output=True, text=True, timeout=GNT_TIMEOUT)
-    if check and done.returncode != 0:
-        pytest.fail(f"`{' '.join(argv)}` failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
-    return done
-
-
-def ganeti_networks() -> dict[str, list[str]]:
-    """Ganeti's networks: name -> the node groups it is connected to."""
-    listed = gnt_list("gnt-network", "-o", "name,group_list")  # "default (bridged, gnt-br0, ), ..."
-    return {name: re.findall(r"([^\s,()]+) \(", groups) for name, groups in listed}
-
-
-def add_ganeti_network(name: str, cidr: str, *groups: str, gateway: str | None = None) -> None:
-    """Create *name* (unless it exists) and connect it to *groups*, bridged on the sandbox's bridge."""
-    if name not in ganeti_networks():
-        gnt("gnt-network", "add", f"--network={cidr}", *([f"--gateway={gateway}"] if gateway else []), name)
-    for group in groups:
-        if group not in ganeti_networks()[name]:
-            gnt("gnt-network", "connect", f"--nic-parameters=mode=bridged,link={BRIDGE}", name, group)
-
-
-def remove_ganeti_networks(prefix: str) -> None:
-    """Disconnect and remove every network whose name starts with *prefix* (instances gone first)."""
-    for name, groups in ganeti_networks().items():
-        if name.startswith(prefix):
-            for group in groups:
-                gnt("gnt-network", "disconnect", name, group, check=False)
-            gnt("gnt-network", "remove", name, check=False)
-
-
-def wait_jobs(job_ids: list[int]) -> dict[int, str]:
-    """Wait until these Ganeti jobs have ended; their final statuses."""
-    deadline = time.monotonic() + GNT_TIMEOUT
-    while True:
-        statuses = {int(i): st for i, st in gnt_list("gnt-job", "-o", "id,status") if int(i) in job_ids}
-        if all(statuses.get(j) in ("success", "error", "canceled") for j in job_ids):
-            return statuses
-        if time.monotonic() > deadline:
-            pytest.fail(f"Ganeti jobs {job_ids} did not end within {GNT_TIMEOUT}s: {statuses}")
-        time.sleep(0.3)
-
-
-def remove_instances(prefix: str) -> None:
-    """Remove every instance whose name starts with *prefix* (an interrupted session's leftovers)."""
-    for (name,) in gnt_list("gnt-instance", "-o", "name"):
-        if name.startswith(prefix):
-            subprocess.run(
-                [gnt_exe("gnt-instance"), "remove", "-f", name], capture_output=True, timeout=GNT_TIMEOUT
-            )
-
-
-def unused_ids(prefix: str, first: int, count: int = 1) -> list[int]:
-    """*count* ids from *first* on (within 100) that no job in the queue, live or archived, names as
-    <prefix><id>: Synnefo never reuses ids, and a reused sandbox still holds earlier sessions' jobs."""
-    pattern = re.compile(re.escape(prefix).encode() + rb"(\d+)\b")
-    used = set()
-    for path in Path(QUEUE_DIR).rglob("job-*"):
-        used.update(int(m) for m in pattern.findall(path.read_bytes()))
-    return sorted(set(range(first, first + 100)) - used)[:count]
 
 
 # ---------------------------------------------------------------- snf-watcher
@@ -324,18 +159,13 @@ class Watcher:
 
     def gnt(self, command: str, sub: str, *args: str, expect_ok: bool = True) -> GntResult:
         """Run `gnt-<x> <sub> --print-jobid ARGS` from the host namespace; remember the job."""
-        argv = [gnt_exe(command), sub, "--print-jobid", *args]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=GNT_TIMEOUT)
-        output = proc.stdout + proc.stderr
-        result = GntResult(argv, proc.returncode, output, job_id_from_output(output))
-        shown = " ".join([command, sub, *args])
-        if result.job_id is None:
-            pytest.fail(f"no job id in the output of `{shown}` (exit {proc.returncode}):\n{output}")
+        result = submit(command, sub, *args)
         self.jobs.append(result)
+        shown = " ".join([command, sub, *args])
         if expect_ok and not result.ok:
-            pytest.fail(f"`{shown}` failed (exit {proc.returncode}, job {result.job_id}):\n{output}")
+            pytest.fail(f"`{shown}` failed (exit {result.returncode}, job {result.job_id}):\n{result.output}")
         if not expect_ok and result.ok:
-            pytest.fail(f"`{shown}` succeeded (job {result.job_id}) but was expected to fail:\n{output}")
+            pytest.fail(f"`{shown}` succeeded (job {result.job_id}), expected to fail:\n{result.output}")
         return result
 
     @staticmethod
@@ -364,7 +194,7 @@ class Watcher:
                 if b"caught up" in f.read():
                     return
             if time.monotonic() > deadline:
-                pytest.fail(f"snf-ganeti-eventd did not catch up within 30s:\n{_tail(self.eventd_log)}")
+                pytest.fail(f"snf-ganeti-eventd did not catch up within 30s:\n{tail(self.eventd_log)}")
             time.sleep(0.1)
 
     def stop_eventd(self) -> None:
@@ -378,19 +208,17 @@ class Watcher:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            pytest.fail(
-                f"snf-ganeti-eventd ignored SIGTERM for 30s:\n{_tail(self.eventd_log)}", pytrace=False
-            )
+            pytest.fail(f"snf-ganeti-eventd ignored SIGTERM for 30s:\n{tail(self.eventd_log)}", pytrace=False)
         if code != 0:
             pytest.fail(
-                f"snf-ganeti-eventd exited {code} on SIGTERM:\n{_tail(self.eventd_log)}", pytrace=False
+                f"snf-ganeti-eventd exited {code} on SIGTERM:\n{tail(self.eventd_log)}", pytrace=False
             )
 
     def check_eventd(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             code = None if self.proc is None else self.proc.returncode
             pytest.fail(
-                f"snf-ganeti-eventd is not running (exit {code}); its log:\n{_tail(self.eventd_log)}",
+                f"snf-ganeti-eventd is not running (exit {code}); its log:\n{tail(self.eventd_log)}",
                 pytrace=False,
             )
 
@@ -485,9 +313,9 @@ class Watcher:
                 *rows,
                 f"spool {self.spool_dir}: {self.spooled()}",
                 f"eventd log {self.eventd_log} (tail):",
-                _tail(self.eventd_log, 30),
+                tail(self.eventd_log, 30),
                 f"hook log {self.hook_log} (tail):",
-                _tail(self.hook_log, 20),
+                tail(self.hook_log, 20),
             ]
         )
 
@@ -636,14 +464,3 @@ def reconciler(config: Path) -> Callable[..., dict[str, Any]]:
         return json.loads(done.stdout)
 
     return run
-
-
-def seed_elsewhere(db: Any) -> None:
-    """The seed's VMs and networks live on another cluster, not this sandbox: a second backend."""
-    db.query(
-        'INSERT INTO db_backend (id, clustername, port, hash, "index", drained, offline, hypervisor, '
-        "updated, mfree, mtotal, dfree, dtotal, pinst_cnt, ctotal, public) VALUES "
-        "(2, 'other.example', 5080, 'x', 1, false, false, 'kvm', now(), 0, 0, 0, 0, 0, 0, true)"
-    )
-    db.query("UPDATE db_virtualmachine SET backend_id = 2")
-    db.query("UPDATE db_backendnetwork SET backend_id = 2, mac_prefix = substr(mac_prefix, 1, 7) || '1'")

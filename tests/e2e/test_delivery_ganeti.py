@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 import yaml
+from sandbox import tail, unused_ids
 
-from e2e.conftest import WAIT, _tail, unused_ids
+from e2e.conftest import WAIT
 from e2e.test_ganeti_events import add_instance
 
 if TYPE_CHECKING:
@@ -59,12 +60,12 @@ def delivering(snf: Watcher, synnefo_db, tmp_path: Path, vm_id: int):
         deadline = time.monotonic() + 30
         while "delivering to" not in log.read_text() or "caught up" not in log.read_text():
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the delivering eventd did not start:\n{_tail(log)}")
+                pytest.fail(f"the delivering eventd did not start:\n{tail(log)}")
             time.sleep(0.1)
         yield log
     finally:
         proc.terminate()
-        assert proc.wait(timeout=30) == 0, _tail(log)
+        assert proc.wait(timeout=30) == 0, tail(log)
 
 
 def wait_row(db, log: Path, vm: int, expected: tuple, what: str) -> None:
@@ -78,7 +79,7 @@ def wait_row(db, log: Path, vm: int, expected: tuple, what: str) -> None:
         if row == expected:
             return
         if time.monotonic() > deadline:
-            pytest.fail(f"{what}: VM {vm} is {row}, expected {expected} within {WAIT}s\n{_tail(log)}")
+            pytest.fail(f"{what}: VM {vm} is {row}, expected {expected} within {WAIT}s\n{tail(log)}")
         time.sleep(0.05)
 
 

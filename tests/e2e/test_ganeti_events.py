@@ -14,11 +14,12 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import pytest
-
-from e2e.conftest import BRIDGE, CLUSTER, FINAL, NODE, add_args
+from sandbox import BRIDGE, CLUSTER, FINAL, NODE, add_args
 
 if TYPE_CHECKING:
-    from e2e.conftest import GntResult, Watcher
+    from sandbox import GntResult
+
+    from e2e.conftest import Watcher
 
 pytestmark = [pytest.mark.ganeti, pytest.mark.root]
 

@@ -15,21 +15,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-
-from e2e.conftest import (
+from sandbox import (
     GNT_TIMEOUT,
     SMALL_VM,
     add_args,
     add_ganeti_network,
     gnt,
-    gnt_list,
-    pass_config,
-    reconciler,
+    instance_status,
     remove_ganeti_networks,
     remove_instances,
-    seed_elsewhere,
     unused_ids,
 )
+
+from e2e.conftest import pass_config, reconciler
 
 if TYPE_CHECKING:
     from e2e.conftest import Watcher
@@ -39,11 +37,6 @@ pytestmark = [pytest.mark.ganeti, pytest.mark.root]
 PREFIX = "snfr-"
 NETWORK = "snf-net-1"  # Synnefo's network 1 (203.0.113.0/24 in the seed) as Ganeti knows it
 NIC_IP = "203.0.113.50"  # free in the seed's pool of network 1
-
-
-def status(name: str) -> str:
-    rows = [r for r in gnt_list("gnt-instance", "-o", "name,status") if r[0] == name]
-    return rows[0][1] if rows else "gone"
 
 
 def ensure_network(db) -> None:
@@ -61,7 +54,7 @@ def drifted(snf: Watcher, synnefo_db, tmp_path: Path):
     remove_instances(PREFIX)  # an interrupted session's
     db = synnefo_db
     ids = dict(zip("ABCDEF", unused_ids(PREFIX, 9400, 6), strict=True))
-    seed_elsewhere(db)
+    db.seed_elsewhere()
     ensure_network(db)
     db.query(
         "INSERT INTO db_flavor (id, cpu, ram, disk, deleted, allow_create, volume_type_id, public) "
@@ -127,7 +120,7 @@ def test_drift_is_found_exactly_and_fixed_until_a_pass_finds_nothing(drifted, sy
     }
     job = fixed["jobs"][f"{PREFIX}{d}"]
     deadline = time.monotonic() + GNT_TIMEOUT
-    while status(f"{PREFIX}{d}") != "gone":
+    while instance_status(f"{PREFIX}{d}") != "gone":
         assert time.monotonic() < deadline, f"orphan removal job {job} did not finish"
         time.sleep(0.5)
 

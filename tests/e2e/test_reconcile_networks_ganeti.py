@@ -16,17 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from sandbox import add_ganeti_network, ganeti_networks, gnt, remove_ganeti_networks, wait_jobs
 
-from e2e.conftest import (
-    add_ganeti_network,
-    ganeti_networks,
-    gnt,
-    pass_config,
-    reconciler,
-    remove_ganeti_networks,
-    seed_elsewhere,
-    wait_jobs,
-)
+from e2e.conftest import pass_config, reconciler
 from snf_watcher import ippool
 
 if TYPE_CHECKING:
@@ -73,7 +65,7 @@ def drifted(snf: Watcher, synnefo_db, tmp_path: Path):
     """The networks in step first, then drifted; yields run(*args) -> report."""
     remove_ganeti_networks("snf-net-")  # an interrupted session's
     db = synnefo_db
-    seed_elsewhere(db)
+    db.seed_elsewhere()
     backend_row(db, 1, "aa:00:00")
     backend_row(db, 2, "aa:00:10")
     add_network(db, N)

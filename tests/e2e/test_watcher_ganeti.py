@@ -18,25 +18,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-
-from e2e.conftest import (
-    GNT_TIMEOUT,
+from sandbox import (
     SMALL_VM,
     add_args,
+    gnt,
     gnt_exe,
-    gnt_list,
-    pass_config,
+    instance_status,
     remove_instances,
-    seed_elsewhere,
     unused_ids,
+    wait_jobs,
+    wait_status,
 )
 
+from e2e.conftest import pass_config
+
 if TYPE_CHECKING:
-    from e2e.conftest import Sandbox, Watcher
+    from sandbox import Sandbox
+
+    from e2e.conftest import Watcher
 
 pytestmark = [pytest.mark.ganeti, pytest.mark.root]
 
-FAKE_HV = "/var/run/ganeti/fake-hypervisor"
 # Our own prefix: the other e2e tests leave snf-90xx instances in the cluster that this
 # database has no rows for, which reconciliation would rightly call orphans.
 PREFIX = "snfw-"
@@ -52,7 +54,7 @@ class Cron:
         self.config = pass_config(
             snf, db.dsn, tmp_path, PREFIX, metrics_file=str(tmp_path / "snf_watcher.prom"), max_tries=2
         )
-        seed_elsewhere(db)
+        db.seed_elsewhere()
         db.add_vms(range(self.vm_id, self.vm_id + 1))
         # The row as Synnefo would have it for the instance `add` makes (1 vCPU, 64 MiB, no disk,
         # no NIC): reconciliation, which every pass does too, finds no drift in it.
@@ -92,32 +94,17 @@ class Cron:
         )
 
     def status(self) -> str:
-        rows = [r for r in gnt_list("gnt-instance", "-o", "name,status") if r[0] == self.name]
-        return rows[0][1] if rows else "gone"
+        return instance_status(self.name)
 
     def crash(self) -> None:
-        """What a guest crash looks like to Ganeti with the fake hypervisor: its runtime file vanishes."""
-        done = self.sandbox.exec("rm", "-f", f"{FAKE_HV}/{self.name}")
-        assert done.returncode == 0, done.stderr
-        self.wait_status("ERROR_down")
+        self.sandbox.crash(self.name)
 
-    def wait_status(self, want: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while (got := self.status()) != want:
-            if time.monotonic() > deadline:
-                pytest.fail(f"{self.name} is {got}, not {want}, after {timeout:.0f}s")
-            time.sleep(0.5)
+    def wait_status(self, want: str) -> None:
+        wait_status(self.name, want)
 
     def wait_job(self, job_id: int) -> str:
         """Ganeti's final status of a job the watcher submitted (it never waits for them itself)."""
-        deadline = time.monotonic() + GNT_TIMEOUT
-        while True:
-            rows = [r for r in gnt_list("gnt-job", "-o", "id,status") if r[0] == str(job_id)]
-            if rows and rows[0][1] in ("success", "error", "canceled"):
-                return rows[0][1]
-            if time.monotonic() > deadline:
-                pytest.fail(f"job {job_id} did not finish within {GNT_TIMEOUT}s: {rows}")
-            time.sleep(0.3)
+        return wait_jobs([job_id])[job_id]
 
     def diagnostics(self) -> list[tuple[str, str]]:
         return self.db.query(
@@ -127,9 +114,7 @@ class Cron:
         )
 
     def remove(self) -> None:
-        subprocess.run(
-            [gnt_exe("gnt-instance"), "remove", "-f", self.name], capture_output=True, timeout=GNT_TIMEOUT
-        )
+        gnt("gnt-instance", "remove", "-f", self.name, check=False)
 
 
 @pytest.fixture
