@@ -297,7 +297,7 @@ def _flavor(vm_id: int, name: str, row: Row, inst: Instance) -> list[Finding]:
             "flavor",
             vm_id,
             name,
-            f"{inst.vcpus} vCPUs, {inst.maxmem} MiB, disk {disk} MiB",
+            f"{inst.vcpus} vCPUs, {inst.maxmem} MiB, " + ("no disk" if disk is None else f"disk {disk} MiB"),
             f"flavor {f.id}: {f.cpu} vCPUs, {f.ram} MiB, disk {f.disk} GiB",
             "move to the flavor that matches",
             row.updated,
@@ -310,8 +310,10 @@ def _nics(vm_id: int, name: str, row: Row, inst: Instance, now: datetime) -> lis
     changes = apply.nic_changes(apply.NicsPlan("match", now, inst.nics), row.nics)
     if not changes and not changes.unknown:  # a NIC without a row is drift too, though no fix makes one
         return []
-    gnt = ", ".join(f"{n.name or n.index} {n.mac} {n.ipv4 or '-'}" for n in inst.nics) or "none"
-    db = ", ".join(f"{n.id} {n.mac} {n.ipv4[0].address if n.ipv4 else '-'} {n.state}" for n in row.nics)
+    gnt = ", ".join(f"{n.name or n.index} {n.mac or '-'} {n.ipv4 or '-'}" for n in inst.nics) or "none"
+    db = ", ".join(
+        f"{n.id} {n.mac or '-'} {n.ipv4[0].address if n.ipv4 else '-'} {n.state}" for n in row.nics
+    )
     return [
         Finding(
             "nics", vm_id, name, gnt, db or "none", "make the NIC rows match", row.updated, nics=inst.nics

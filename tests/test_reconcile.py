@@ -143,6 +143,24 @@ def test_a_flavor_that_does_not_match_the_instance():
     ]
 
 
+def test_a_diskless_instance_on_another_flavor_says_no_disk():
+    body = cluster()
+    body = replace(
+        body, instances=[replace(i, disk_sizes=()) if i.name == "snf-101" else i for i in body.instances]
+    )
+    rows = IN_SYNC | {101: replace(IN_SYNC[101], flavor=Flavor(4, 1, 128, 20, 1))}
+    (found,) = reconcile.diff(body, rows, {}, "snf-", NOW)
+    assert (found.kind, found.ganeti, found.flavor) == ("flavor", "2 vCPUs, 256 MiB, no disk", (2, 256, None))
+
+
+def test_a_nic_row_without_a_mac_yet_shows_a_dash():
+    waiting = replace(nic(203, 2, 1, "", None, "BUILD"), mac=None)  # asked for an hour ago, never attached
+    (found,) = reconcile.diff(
+        cluster(), IN_SYNC | {101: replace(IN_SYNC[101], nics=(*INST1_NICS, waiting))}, {}, "snf-", NOW
+    )
+    assert found.database.endswith(", 203 - - BUILD")
+
+
 @pytest.mark.parametrize(
     "nics",
     [
