@@ -1,17 +1,25 @@
-# `make test` is the one command that installs what the tests need and runs them all
-# (CI runs it through .ci/run). Run it as root: the end-to-end tests bring up a real
-# single-node Ganeti cluster in private network namespaces.
+# `make demo` installs what it needs and plays the demo (demo/run.py); `make demo-down` takes it
+# away. `make test` is the one command that installs what the tests need and runs them all, the
+# demo first (CI runs it through .ci/run). Run them as root: both bring up a real single-node
+# Ganeti cluster in private network namespaces.
 
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint bench clean package-tools deb
+.PHONY: test lint bench clean packages package-tools deb demo demo-down
 
 test: $(VENV)/.installed package-tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python demo/run.py --teardown
 	$(BIN)/pytest -ra
 	$(BIN)/pytest -ra -m package tests/deb
+
+demo: $(VENV)/.installed
+	$(BIN)/python demo/run.py
+
+demo-down: $(VENV)/.installed
+	$(BIN)/python demo/run.py down
 
 
 lint: $(VENV)/.installed
@@ -19,16 +27,24 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 
 bench: $(VENV)/.installed
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/run_all.py
+	PYTHON=$(abspath $(BIN))/python sh bench/run_all.sh
 
-# The database tests run a real PostgreSQL 15 server, and psycopg2 builds against libpq.
-PG_BIN := /usr/lib/postgresql/15/bin
+# Debian's packages the tests and the demo run: a real PostgreSQL 15 server (and libpq, which
+# psycopg2 builds against), and Ganeti with what its sandbox uses (tests/harness/ganeti-sandbox.sh).
+PACKAGES := postgresql-15 libpq-dev ganeti socat iproute2 util-linux
+APT_LOG := /var/log/snf-watcher-make-apt.log
 
-$(VENV)/.installed: setup.py
-	@if ! command -v pg_config >/dev/null || ! test -x $(PG_BIN)/initdb; then \
-		echo "installing postgresql-15 and libpq-dev (apt-get)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 libpq-dev; \
+packages:
+	@missing=$$(for p in $(PACKAGES); do \
+		dpkg-query -W -f='$${db:Status-Abbrev}' $$p 2>/dev/null | grep -q '^ii' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian's" $$missing "(apt-get; about a minute on a fresh machine; log: $(APT_LOG))"; \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+			$$missing; } >$(APT_LOG) 2>&1 || { tail -n 30 $(APT_LOG); exit 1; }; \
 	fi
+
+$(VENV)/.installed: setup.py | packages
+	@echo "making $(VENV) with the project and its test tools (pip)"
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
