@@ -476,8 +476,11 @@ def main(argv: list[str] | None = None) -> int:
         if delivery is not None:
             daemon.stored, daemon.healthy = delivery.wake.set, delivery.is_alive
         control.watch = watch
+        unwatchable = None
         try:
             daemon.run()
+        except OSError as e:  # the spool cannot be made or watched: nothing would reach the outbox
+            unwatchable = e
         finally:
             control.watch = None
             if delivery is not None:
@@ -486,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
             watch.close()
             outbox.close()
             os.close(lock)
+        if unwatchable is not None:
+            log.error("%s; exiting so the service manager restarts us", unwatchable)
+            return 1
         if delivery is not None and not control.stop and not control.reload:
             log.error("delivery stopped (%s); exiting so the service manager restarts us", delivery.failed)
             return 1

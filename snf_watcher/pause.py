@@ -64,6 +64,7 @@ def remove(our_file: str) -> bool:
 
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+LONGEST = 100 * 366 * 86400
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?[dhms])+")
 _PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
 
@@ -81,6 +82,8 @@ def parse_duration(text: str) -> float:
     seconds = sum(float(number) * _UNITS[unit] for number, unit in parts)
     if seconds <= 0:
         raise ValueError(f"{text!r} is not a duration: it must be longer than 0 seconds")
+    if seconds > LONGEST:  # beyond any date we can write; and "forever" has its own spelling
+        raise ValueError(f"{text!r} is longer than 100 years: leave out --for to pause until resumed")
     return seconds
 
 

@@ -82,6 +82,8 @@ def run(
         _run(cfg, r, clock, duties)
     finally:
         r.finished = clock()
+        for p in r.problems:  # also under cron, which throws the printed report away
+            log.warning("problem: %s", p)
         if r.headline:
             log.log(LOG_LEVEL[r.exit_code], "%s", r.headline)
         if not dry_run and cfg.watcher.metrics_file:
@@ -464,7 +466,6 @@ def _deliver(cfg: Config, r: Report) -> None:
 
 def _problems(r: Report, problems: list[str], level: int) -> None:
     for p in problems:
-        log.warning("%s", p)
         r.problems.append(p)
         r.worst(level)
 

@@ -316,6 +316,17 @@ def test_a_second_daemon_on_the_same_outbox_refuses_to_start(setup):
     assert f"another snf-ganeti-eventd (pid {first.proc.pid})" in "\n".join(second.lines)
 
 
+def test_a_spool_it_cannot_watch_stops_it_with_the_reason_not_a_traceback(setup, tmp_path):
+    _, daemon, _ = setup
+    (tmp_path / "spool").write_text("a file where the spool directory should be\n")
+    d = daemon().start(wait_for=None)
+    assert d.proc.wait(timeout=20) == 1
+    time.sleep(0.2)
+    log = "\n".join(d.lines)
+    assert f"ERROR: [Errno 17] File exists: '{tmp_path / 'spool'}'; exiting so the service manager" in log
+    assert "Traceback" not in log
+
+
 def test_umask_keeps_the_outbox_private(setup):
     _, daemon, _ = setup
     d = daemon().start()

@@ -175,3 +175,10 @@ def test_bad_durations_say_what_is_expected(text):
 def test_a_zero_duration_is_refused():
     with pytest.raises(ValueError, match="'0m' is not a duration: it must be longer than 0 seconds"):
         pause.parse_duration("0m")
+
+
+@pytest.mark.parametrize("text", ["36601d", "9" * 400 + "d"])
+def test_a_pause_longer_than_a_century_is_refused_with_the_way_to_pause_for_good(text):
+    with pytest.raises(ValueError, match="is longer than 100 years: leave out --for to pause until resumed"):
+        pause.parse_duration(text)
+    assert pause.parse_duration("36500d") == 36500 * 86400

@@ -9,6 +9,8 @@ recorded instances match the seed for snf-101 and snf-102.
 
 from __future__ import annotations
 
+import json
+
 from streams import store
 from watcher_pass import INSTANCES, findings, instances, reconcile
 
@@ -112,9 +114,12 @@ def test_an_orphan_is_removed_through_rapi_after_two_sightings(watch, rapi_serve
 def test_an_offline_backend_yields_no_findings(watch, rapi_server, synnefo_db):
     rapi_server.set_body(INSTANCES, [])  # Ganeti "has nothing": never "everything is stale"
     synnefo_db.query("UPDATE db_backend SET offline = true WHERE id = 1")
-    code, report = reconcile(watch, "--fix-all")
+    code, out, log = watch("reconcile", "--fix-all", "--json")
+    report = json.loads(out)
     assert report["findings"] == []
     assert "backend 1 is offline in db_backend: not reconciled" in report["problems"]
+    # and in the log, which is all cron keeps of a pass
+    assert "WARNING: problem: backend 1 is offline in db_backend: not reconciled" in log
     assert vm(synnefo_db, 101)[:2] == ("STARTED", False)
 
 
