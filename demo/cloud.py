@@ -49,7 +49,7 @@ T = TypeVar("T")
 BIN = Path(sys.executable).parent  # the project's commands, installed beside this interpreter
 DEMO_DIR = Path(os.environ.get("SNF_DEMO_DIR", "/var/lib/snf-watcher-demo"))
 DATABASE = "snf_apps"  # Cyclades' database, as Synnefo's docs name it
-RAPI_USER = "snf-watcher"  # a RAPI user with write access, as the README asks for
+RAPI_USER = "snf-watcher"  # a RAPI user with write access, as the guide asks for
 PREFIX = "snf-"  # Synnefo's BACKEND_PREFIX_ID
 OWNER = "c4b3a6f0-5e0d-4b7e-9d0a-2f1e3c4d5a01"  # alice, of the seed
 # Synnefo's public network 1 ("Internet" in the seed) as this cluster has it.

@@ -79,7 +79,7 @@ def short_add(vm: Vm) -> list[str]:
 
 
 def in_step(cloud: Cloud, vm: Vm) -> tuple[str, list[tuple]] | None:
-    """The VM's row STARTED and its NIC ACTIVE with Ganeti's MAC and the address it asked for."""
+    """The VM's row STARTED and its one NIC ACTIVE with the address Synnefo asked for (or None)."""
     row = cloud.vm_row(vm)
     nics = cloud.nic_rows(vm)
     ok = row["operstate"] == "STARTED" and [(n[0], n[1], n[3]) for n in nics] == [(vm.nic, "ACTIVE", vm.ip)]
@@ -104,7 +104,7 @@ def set_the_stage(cloud: Cloud, n: Narrator) -> None:
         "Setting the stage",
         "A real single-node Ganeti 3.0 cluster (Debian's ganeti package, fake hypervisor, in network "
         "namespaces of its own), Synnefo's database in a private PostgreSQL 15, and snf-watcher "
-        "installed on the cluster's master as the README says. Everything of the demo's own lives in "
+        "installed on the cluster's master as docs/guide.md says. Everything of the demo's own lives in "
         f"{cloud.paths.root}.",
     )
     cloud.make_dirs()

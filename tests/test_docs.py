@@ -1,7 +1,8 @@
-"""The README against the code: every command line it shows parses with the command's own
-argument parser, every option it names exists, and every config key it names (or sets in a
-YAML example) is a key of the config schema. Docs that drift fail here, not in an operator's
-terminal.
+"""The docs (README.md and docs/*.md) against the code: every command line they show parses
+with the command's own argument parser, every option and subcommand they name exists, every
+config key they name (or set in a YAML example) is a key of the config schema, and the guide's
+config reference lists every key with its true default. Docs that drift fail here, not in an
+operator's terminal.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import yaml
 from ganeti_hooks import eventd, hook, progress
 from snf_watcher import cli, config
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+DOCS = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
+GUIDE = REPO / "docs" / "guide.md"
 PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "snf-watcher": cli.build_parser,
     "snf-ganeti-eventd": eventd.build_parser,
@@ -29,8 +32,9 @@ FILES = (".log", ".pem", ".service", ".yaml", ".sqlite", ".json")  # file names 
 SECTIONS = ("ganeti", "outbox", "logging", "eventd", "database", "rapi", "watcher")
 
 
-def readme() -> str:
-    return README.read_text()
+def docs() -> str:
+    """Every doc, one after the other."""
+    return "\n".join(path.read_text() for path in DOCS)
 
 
 def code_blocks(text: str, language: str) -> list[str]:
@@ -44,7 +48,7 @@ def spans(text: str) -> list[str]:
 
 
 def command_lines(text: str) -> list[tuple[str, str]]:
-    """(command line, its trailing comment) for each of our commands the README shows."""
+    """(command line, its trailing comment) for each of our commands the text shows."""
     found = []
     for block in code_blocks(text, "sh"):
         for line in block.splitlines():
@@ -68,37 +72,36 @@ def all_options(parser: argparse.ArgumentParser) -> dict[str, set[str]]:
     return out
 
 
-def test_every_subcommand_the_readme_names_exists():
+def test_every_subcommand_the_docs_name_exists():
     subcommands = all_options(cli.build_parser()).keys() - {""}
-    named = {span.split()[1] for span in spans(readme()) if re.fullmatch(r"snf-watcher [a-z][a-z-]*", span)}
+    named = {span.split()[1] for span in spans(docs()) if re.fullmatch(r"snf-watcher [a-z][a-z-]*", span)}
     assert len(named) > 5 and sorted(named - subcommands) == []
 
 
-def test_the_readme_shows_our_commands_at_all():
-    lines = [line for line, _ in command_lines(readme())]
-    assert "snf-watcher requeue 42 43" in lines and len(lines) > 8
+def test_the_docs_show_our_commands_at_all():
+    lines = [line for line, _ in command_lines(docs())]
+    assert "snf-watcher requeue 42 43" in lines and "make demo" not in lines and len(lines) > 8
+    assert [path.name for path in DOCS] == ["README.md", "guide.md", "troubleshooting.md"]
 
 
-@pytest.mark.parametrize("line, comment", command_lines(readme()), ids=lambda v: v[:60])
-def test_every_command_line_in_the_readme_parses_and_its_comment_names_real_options(line, comment):
+@pytest.mark.parametrize("line, comment", command_lines(docs()), ids=lambda v: v[:60])
+def test_every_command_line_in_the_docs_parses_and_its_comment_names_real_options(line, comment):
     argv = shlex.split(line)
     parser = PARSERS[argv[0]]()
     try:
         args = parser.parse_args(argv[1:])
     except SystemExit as e:
-        pytest.fail(f"README shows `{line}`, which {argv[0]} refuses (exit {e.code})")
+        pytest.fail(f"the docs show `{line}`, which {argv[0]} refuses (exit {e.code})")
     options = all_options(parser)
     known = options[""] | options.get(getattr(args, "command", None) or "", set())
     named = set(re.findall(r"(--[a-z][a-z-]*)", comment))
     assert named <= known, f"`{line}` # {comment}: no such option {sorted(named - known)}"
 
 
-def test_every_option_the_readme_names_on_its_own_exists():
+def test_every_option_the_docs_name_on_their_own_exists():
     known = {o for build in PARSERS.values() for opts in all_options(build()).values() for o in opts}
-    named = [
-        w for span in spans(readme()) if span.startswith("--") for w in span.split() if w.startswith("--")
-    ]
-    assert named, "the README names no option on its own"
+    named = [w for span in spans(docs()) if span.startswith("--") for w in span.split() if w.startswith("--")]
+    assert named, "the docs name no option on its own"
     missing = []
     for option in named:
         if option.endswith("-KIND"):  # a placeholder: --fix-<kind>
@@ -108,10 +111,10 @@ def test_every_option_the_readme_names_on_its_own_exists():
     assert missing == []
 
 
-def test_every_config_key_the_readme_names_is_in_the_schema():
+def test_every_config_key_the_docs_name_is_in_the_schema():
     keys = config.documented_keys()
     named = set()
-    for span in spans(readme()):
+    for span in spans(docs()):
         first = span.split()[0].rstrip(":,")
         if re.fullmatch(rf"(?:{'|'.join(SECTIONS)})\.[a-z_]+", first) and not first.endswith(FILES):
             named.add(first)
@@ -119,6 +122,24 @@ def test_every_config_key_the_readme_names_is_in_the_schema():
     assert sorted(named - keys.keys()) == []
 
 
-@pytest.mark.parametrize("block", code_blocks(readme(), "yaml"), ids=lambda b: b.split("\n")[0])
-def test_every_yaml_example_in_the_readme_is_a_valid_config(block):
-    config.from_mapping(yaml.safe_load(block), "README.md")
+@pytest.mark.parametrize("block", code_blocks(docs(), "yaml"), ids=lambda b: b.split("\n")[0])
+def test_every_yaml_example_in_the_docs_is_a_valid_config(block):
+    config.from_mapping(yaml.safe_load(block), "the docs")
+
+
+def config_reference() -> dict[str, str]:
+    """The guide's config reference: key -> its default as the table shows it."""
+    section = GUIDE.read_text().split("## Configuration: every key", 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"^\| `([a-z_.]+)` \| `([^`]*)` \|", section, re.M))
+
+
+def test_the_config_reference_lists_every_key_with_its_default():
+    reference = config_reference()
+    keys = config.documented_keys()
+    assert sorted(reference) == sorted(keys)
+    wrong = {
+        key: (shown, keys[key])
+        for key, shown in reference.items()
+        if yaml.safe_load(shown) != (list(keys[key]) if isinstance(keys[key], tuple) else keys[key])
+    }
+    assert wrong == {}, "key: (the guide's default, the code's)"

@@ -104,7 +104,7 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
 
 
 def install(deb: Path) -> None:
-    """As the README says: apt-get pulls the Debian dependencies (and the recommended cron)."""
+    """As the guide says: apt-get pulls the Debian dependencies (and the recommended cron)."""
     run("apt-get", "install", "-y", "-q", f"./{deb.name}", cwd=deb.parent, timeout=900)
 
 

@@ -1,4 +1,4 @@
-"""The installed package on the real Ganeti sandbox cluster, configured as the README says:
+"""The installed package on the real Ganeti sandbox cluster, configured as docs/guide.md says:
 events from Ganeti reach the database through the installed hook and eventd, and the
 installed cron entry restarts a crashed instance. Nothing here runs from the source tree.
 """
@@ -88,7 +88,7 @@ class Node:
 
 
 def configure(db) -> None:
-    """The README's steps: edit the installed config (appended to the shipped, all-comment file)."""
+    """The guide's steps: edit the installed config (appended to the shipped, all-comment file)."""
     RAPI_SECRET.write_text(RAPI_PASSWORD + "\n")
     RAPI_SECRET.chmod(0o600)
     settings = {
