@@ -38,7 +38,7 @@ packages:
 	@missing=$$(for p in $(PACKAGES); do \
 		dpkg-query -W -f='$${db:Status-Abbrev}' $$p 2>/dev/null | grep -q '^ii' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
-		echo "installing Debian's" $$missing "(apt-get; about a minute on a fresh machine; log: $(APT_LOG))"; \
+		echo "installing Debian's" $$missing "(apt-get; its output: $(APT_LOG))"; \
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
 			$$missing; } >$(APT_LOG) 2>&1 || { tail -n 30 $(APT_LOG); exit 1; }; \
 	fi
