@@ -41,7 +41,7 @@ from sandbox import (  # noqa: E402
     tail,
 )
 
-from snf_watcher import hooks  # noqa: E402
+from snf_watcher import hooks, spool  # noqa: E402
 from snf_watcher.outbox import Outbox  # noqa: E402
 
 T = TypeVar("T")
@@ -361,8 +361,7 @@ class Cloud:
 
     def pending(self) -> int:
         """Messages waiting for the database: in the spool, and in the outbox."""
-        spooled = [f for f in os.listdir(self.paths.spool) if f.endswith(".msg") and not f.startswith(".")]
-        return len(spooled) + self._outbox(Outbox.pending_count)
+        return len(spool.names(str(self.paths.spool))) + self._outbox(Outbox.pending_count)
 
     def delivered(self) -> int:
         """Messages applied to the database since the outbox was made (its counter)."""

@@ -51,7 +51,7 @@ from sandbox import (
     tail,
 )
 
-from snf_watcher import hooks
+from snf_watcher import hooks, spool
 from snf_watcher.outbox import Entry, Outbox
 
 HOOKS_DIR = Path(hooks.HOOKS_DIR)
@@ -236,10 +236,7 @@ class Watcher:
         return [e.message for e in self.entries() if kind is None or e.kind == kind]
 
     def spooled(self) -> list[str]:
-        try:
-            return sorted(n for n in os.listdir(self.spool_dir) if n.endswith(".msg") and n[0] != ".")
-        except FileNotFoundError:
-            return []
+        return spool.names(str(self.spool_dir))
 
     def cli_outbox(self) -> list[dict[str, Any]]:
         """`snf-watcher --config X outbox --json --limit 0`, parsed."""
