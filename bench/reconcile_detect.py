@@ -440,11 +440,7 @@ def load_database(server: PgServer, name: str, n: int, free_address: str) -> Non
             "WHERE id = ANY(%s) AND subnet_id = 11",
             (list(SEED_IPS),),
         )
-        db.query(
-            "INSERT INTO db_flavor (id, cpu, ram, disk, deleted, allow_create, volume_type_id, public) "
-            "VALUES (%s, %s, %s, %s, false, true, 1, true)",
-            FLAVOR,
-        )
+        db.add_flavor(*FLAVOR)
         db.query(
             "UPDATE db_virtualmachine SET operstate = 'STARTED', action = NULL, flavor_id = %s "
             "WHERE id >= %s",

@@ -136,9 +136,8 @@ class Cloud:
 
     def database_up(self) -> None:
         """PostgreSQL in pg/, kept running after the demo exits, with Synnefo's schema and seed."""
-        self._pg = PgServer(base=self.paths.pg, keep=True)
-        self._pg.start()
-        self._pg.create_database(DATABASE)
+        self.pg.start()
+        self.pg.create_database(DATABASE)
 
     @property
     def pg(self) -> PgServer:
@@ -158,17 +157,9 @@ class Cloud:
         db = self.db
         db.seed_elsewhere()
         for flavor, (cpu, ram) in FLAVORS.items():
-            db.query(
-                "INSERT INTO db_flavor (id, cpu, ram, disk, deleted, allow_create, volume_type_id, public) "
-                "VALUES (%s, %s, %s, 1, false, true, 1, true)",
-                (flavor, cpu, ram),
-            )
+            db.add_flavor(flavor, cpu, ram, 1)
         db.query("UPDATE db_network SET link = %s WHERE id = %s", (BRIDGE, NETWORK_ID))
-        db.query(
-            "INSERT INTO db_backendnetwork (created, updated, deleted, mac_prefix, operstate, backendtime, "
-            "backend_id, network_id) VALUES (now(), now(), false, %s, 'ACTIVE', now(), 1, %s)",
-            (MAC_PREFIX, NETWORK_ID),
-        )
+        db.add_backend_network(NETWORK_ID, MAC_PREFIX)
         add_ganeti_network(NETWORK, SUBNET, "default", gateway=GATEWAY, mac_prefix=MAC_PREFIX)
 
     def write_config(self) -> None:

@@ -418,6 +418,22 @@ class SynnefoDb:
             raise AssertionError(f"expected exactly one row, got {len(rows)}: {rows[:5]!r}\n{statement}")
         return rows[0]
 
+    def add_flavor(self, flavor_id: int, cpu: int, ram: int, disk: int) -> None:
+        """A public flavor of volume type 1 (the seed's): *cpu* vCPUs, *ram* MiB, *disk* GiB."""
+        self.query(
+            "INSERT INTO db_flavor (id, cpu, ram, disk, deleted, allow_create, volume_type_id, public) "
+            "VALUES (%s, %s, %s, %s, false, true, 1, true)",
+            (flavor_id, cpu, ram, disk),
+        )
+
+    def add_backend_network(self, network_id: int, mac_prefix: str, backend_id: int = 1) -> None:
+        """The network is ACTIVE on the backend, as if Synnefo had just created it there."""
+        self.query(
+            "INSERT INTO db_backendnetwork (created, updated, deleted, mac_prefix, operstate, backendtime, "
+            "backend_id, network_id) VALUES (now(), now(), false, %s, 'ACTIVE', now(), %s, %s)",
+            (mac_prefix, backend_id, network_id),
+        )
+
     def add_vms(self, ids: range) -> None:
         """Extra STOPPED VMs on backend 1, copies of seed VM 102 without NICs (for big streams)."""
         self.query(

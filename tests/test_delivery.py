@@ -174,10 +174,7 @@ def test_remove_of_a_vm_in_error_deletes_it_even_when_ganeti_reports_an_error(cf
 
 def test_resize_moves_the_vm_to_the_matching_flavor(cfg, synnefo_db):
     """Recorded job 16 sets vcpus 2, maxmem 256: the flavor with those, the same disk and volume type."""
-    synnefo_db.query(
-        "INSERT INTO db_flavor (id, cpu, ram, disk, deleted, allow_create, volume_type_id, public) "
-        "VALUES (7, 2, 256, 20, false, true, 1, true)"
-    )
+    synnefo_db.add_flavor(7, 2, 256, 20)
     deliver(cfg, job_messages(16, {"inst1.ganeti.test": "snf-103"}))  # VM 103 has flavor 1: 20 GiB
     assert vm(synnefo_db, 103)["flavor_id"] == 7
 
@@ -212,10 +209,7 @@ def test_dead_letters_are_listed_and_requeued_from_the_command_line(cfg, synnefo
             check=True,
         ).stdout
     )["id"]
-    synnefo_db.query(  # the operator adds the missing flavor, then requeues
-        "INSERT INTO db_flavor (id, cpu, ram, disk, deleted, allow_create, volume_type_id, public) "
-        "VALUES (8, 2, 256, 40, false, true, 1, true)"
-    )
+    synnefo_db.add_flavor(8, 2, 256, 40)  # the operator adds the missing flavor, then requeues
     requeued = subprocess.run(
         [command("snf-watcher"), "requeue", str(seq)], env=env, capture_output=True, text=True
     )

@@ -111,10 +111,7 @@ def node(installed: Build, sandbox: Sandbox, synnefo_db, tmp_path: Path) -> Iter
     remove_instances(PREFIX)
     synnefo_db.seed_elsewhere()
     synnefo_db.query("UPDATE db_backend SET clustername = %s WHERE id = 1", (CLUSTER,))
-    synnefo_db.query(
-        "INSERT INTO db_flavor (id, cpu, ram, disk, deleted, allow_create, volume_type_id, public) "
-        "VALUES (64, 1, 64, 1, false, true, 1, true) ON CONFLICT DO NOTHING"
-    )
+    synnefo_db.add_flavor(64, 1, 64, 1)
     (vm_id,) = unused_ids(PREFIX, 9500)
     synnefo_db.add_vms(range(vm_id, vm_id + 1))
     synnefo_db.query(

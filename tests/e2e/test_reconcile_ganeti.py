@@ -42,10 +42,7 @@ NIC_IP = "203.0.113.50"  # free in the seed's pool of network 1
 def ensure_network(db) -> None:
     """Synnefo's network 1 on this cluster: in Ganeti, connected, and ACTIVE in its backend row."""
     add_ganeti_network(NETWORK, "203.0.113.0/24", "default", gateway="203.0.113.1")
-    db.query(
-        "INSERT INTO db_backendnetwork (created, updated, deleted, mac_prefix, operstate, backendtime, "
-        "backend_id, network_id) VALUES (now(), now(), false, 'aa:00:00', 'ACTIVE', now(), 1, 1)"
-    )
+    db.add_backend_network(1, "aa:00:00")
 
 
 @pytest.fixture
@@ -56,10 +53,8 @@ def drifted(snf: Watcher, synnefo_db, tmp_path: Path):
     ids = dict(zip("ABCDEF", unused_ids(PREFIX, 9400, 6), strict=True))
     db.seed_elsewhere()
     ensure_network(db)
-    db.query(
-        "INSERT INTO db_flavor (id, cpu, ram, disk, deleted, allow_create, volume_type_id, public) "
-        "VALUES (64, 1, 64, 1, false, true, 1, true), (65, 2, 64, 1, false, true, 1, true)"
-    )
+    db.add_flavor(64, 1, 64, 1)
+    db.add_flavor(65, 2, 64, 1)
     for vm in ids.values():
         db.add_vms(range(vm, vm + 1))
         gnt(*add_args(f"{PREFIX}{vm}", *SMALL_VM))

@@ -58,10 +58,7 @@ class Cron:
         db.add_vms(range(self.vm_id, self.vm_id + 1))
         # The row as Synnefo would have it for the instance `add` makes (1 vCPU, 64 MiB, no disk,
         # no NIC): reconciliation, which every pass does too, finds no drift in it.
-        db.query(
-            "INSERT INTO db_flavor (id, cpu, ram, disk, deleted, allow_create, volume_type_id, public) "
-            "VALUES (64, 1, 64, 1, false, true, 1, true) ON CONFLICT DO NOTHING"
-        )
+        db.add_flavor(64, 1, 64, 1)
         db.query(
             "UPDATE db_virtualmachine SET operstate = 'STARTED', flavor_id = 64, backend_id = 1 "
             "WHERE id = %s",
